@@ -1,0 +1,133 @@
+"""Heads (slot ``head``): what sits on the encoder's token stream for an objective.
+
+Heads take the final stream ``h [T, D]`` and the ``Stream``; per-token outputs stay in
+stream order (the model re-pads them if the caller gave padded input), per-sequence outputs
+are ``[B, ...]``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from registry.core import Params, register
+
+
+class MlmParams(Params):
+    """``transform``: dense+act+norm before the decoder; ``tied``: decoder shares the token
+    embedding; ``sparse``: when a prediction mask is given, only those tokens are decoded."""
+
+    activation: str = "gelu"
+    transform: bool = True
+    tied: bool = True
+    sparse: bool = True
+
+
+@register("head", "mlm", params=MlmParams)
+class MlmHead(nn.Module):
+    """Masked-LM head: optional transform (dense, act, norm), then the vocabulary decoder.
+
+    Sparse prediction (ModernBERT): decode only the masked tokens, which saves the
+    ``[T, V]`` logits of every unmasked token.
+    """
+
+    per_token = ("logits",)
+
+    def __init__(self, d_model: int, vocab_size: int, make_act, make_norm, embedding: nn.Embedding,
+                 dense_bias: bool, decoder_bias: bool, activation: str = "gelu",
+                 transform: bool = True, tied: bool = True, sparse: bool = True):
+        super().__init__()
+        self.sparse = sparse
+        if transform:
+            self.dense = nn.Linear(d_model, d_model, bias=dense_bias)
+            self.dense.init_role = "head"
+            self.act = make_act(activation)
+            self.norm = make_norm()
+        self.transform = transform
+        self.decoder = nn.Linear(d_model, vocab_size, bias=False)
+        self.decoder.init_role = "decoder"
+        if tied:
+            self.decoder.weight = embedding.weight
+        self.bias = nn.Parameter(torch.zeros(vocab_size)) if decoder_bias else None
+
+    def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
+        if predict is not None and self.sparse:
+            h = h[predict]
+        if self.transform:
+            h = self.norm(self.act(self.dense(h)))
+        logits = self.decoder(h)
+        if self.bias is not None:
+            logits = logits + self.bias
+        return {"logits": logits}
+
+
+def first_tokens(h: Tensor, stream) -> Tensor:
+    """[B, D]: the first token ([CLS]) of each sequence."""
+    return h[stream.cu_seqlens[:-1].long()]
+
+
+def mean_tokens(h: Tensor, stream) -> Tensor:
+    """[B, D]: the mean over each sequence's tokens."""
+    sums = h.new_zeros(stream.batch, h.shape[-1]).index_add_(0, stream.seq_index, h)
+    return sums / stream.seqlens.clamp(min=1)[:, None].to(h.dtype)
+
+
+class NspParams(MlmParams):
+    """MLM head params, plus BERT's pooler (dense + tanh on [CLS]) feeding a 2-way classifier."""
+
+
+@register("head", "nsp", params=NspParams)
+class NspHead(MlmHead):
+    """BERT pre-training heads: masked LM plus next-sentence prediction on the pooled [CLS]."""
+
+    def __init__(self, d_model: int, vocab_size: int, make_act, make_norm, embedding: nn.Embedding,
+                 dense_bias: bool, decoder_bias: bool, **mlm):
+        super().__init__(d_model, vocab_size, make_act, make_norm, embedding, dense_bias,
+                         decoder_bias, **mlm)
+        self.pooler = nn.Linear(d_model, d_model)
+        self.pooler.init_role = "head"
+        self.nsp = nn.Linear(d_model, 2)
+        self.nsp.init_role = "classifier"
+
+    def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
+        out = super().forward(h, stream, predict)
+        pooled = torch.tanh(self.pooler(first_tokens(h, stream)))
+        out["nsp_logits"] = self.nsp(pooled)
+        return out
+
+
+class ClassificationParams(Params):
+    """Pool ([CLS] or mean), then dense + act (+ norm), dropout, and a linear classifier."""
+
+    num_labels: int = Field(2, ge=1)
+    pooling: Literal["cls", "mean"] = "cls"
+    activation: str = "gelu"
+    norm: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+@register("head", "classification", params=ClassificationParams)
+class ClassificationHead(nn.Module):
+    """Sequence classification or regression (num_labels 1) over a pooled sequence vector."""
+
+    per_token = ()
+
+    def __init__(self, d_model: int, make_act, make_norm, dense_bias: bool, num_labels: int = 2,
+                 pooling: str = "cls", activation: str = "gelu", norm: bool = True,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.pool = first_tokens if pooling == "cls" else mean_tokens
+        self.dense = nn.Linear(d_model, d_model, bias=dense_bias)
+        self.dense.init_role = "head"
+        self.act = make_act(activation)
+        self.norm = make_norm() if norm else nn.Identity()
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(d_model, num_labels)
+        self.classifier.init_role = "classifier"
+
+    def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
+        pooled = self.norm(self.act(self.dense(self.pool(h, stream))))
+        return {"logits": self.classifier(self.drop(pooled))}

@@ -1,0 +1,161 @@
+"""``compose(recipe, overrides) -> EncoderSpec`` through Hydra's compose API.
+
+A recipe is a name under ``recipes/model/`` or a path to a YAML file. Overrides use one
+syntax everywhere: ``model/positional=alibi`` swaps a slot's block, ``model.d_model=512``
+sets a value. Setting a value is allowed for any key the spec knows, even one the recipe
+does not state (defaults live in the params models), so ``model.x=`` overrides are passed to
+Hydra as ``++model.x=``; the spec then rejects unknown keys with the nearest match.
+
+When an override swaps a slot's block, the recipe's settings for the old block that the new
+block does not take are dropped (``modernbert-base model/positional=alibi`` drops the RoPE
+thetas); settings given explicitly on the command line are always kept and validated.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from registry.core import REGISTRY
+from registry.errors import SpecError, choice
+from registry.spec import SLOT_FIELDS, parse_spec
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+_GROUP = re.compile(r"^model/(?P<slot>[a-z_]+)=(?P<name>.*)$")
+_VALUE = re.compile(r"^(?P<pfx>\+{0,2})model\.(?P<path>[^=]+)=(?P<value>.*)$", re.S)
+
+
+def model_names() -> list[str]:
+    """Every model recipe under ``recipes/model/``."""
+    return sorted(p.stem for p in (RECIPES / "model").glob("*.yaml"))
+
+
+def read_recipe_file(path: Path) -> dict:
+    """Load a recipe file's YAML safely; one clear line for a missing, empty or broken file."""
+    if not path.is_file():
+        raise SpecError(f"model: given {str(path)!r}, allowed: an existing recipe file or one of "
+                        f"{', '.join(model_names())}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(f"model: given {str(path)!r}, allowed: a UTF-8 YAML file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"model: given {str(path)!r}, allowed: valid YAML (parse error{where})") from None
+    if data is None:
+        raise SpecError(f"model: given {str(path)!r}, allowed: a non-empty recipe (the file is empty)")
+    if not isinstance(data, dict):
+        raise SpecError(f"model: given {str(path)!r}, allowed: a YAML mapping, not a {type(data).__name__}")
+    return data
+
+
+@contextmanager
+def _search_dir_for(recipe: str):
+    """Yield (name, extra search dir or None) so Hydra finds ``recipe`` as a ``model`` option."""
+    if recipe.endswith((".yaml", ".yml")) or "/" in recipe or Path(recipe).is_file():
+        path = Path(recipe).expanduser().resolve()
+        read_recipe_file(path)
+        tmp = Path(tempfile.mkdtemp(prefix="bertsmith-recipe-"))
+        try:
+            (tmp / "model").mkdir()
+            name = f"_file_{re.sub(r'[^A-Za-z0-9_-]', '_', path.stem)}"
+            shutil.copyfile(path, tmp / "model" / f"{name}.yaml")
+            yield name, tmp
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        if recipe not in model_names():
+            raise SpecError(choice("model", recipe, model_names()))
+        yield recipe, None
+
+
+def hydra_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str], set[str]]:
+    """Rewrite user overrides for Hydra: (overrides, swapped slot -> name, explicit keys)."""
+    out, swapped, explicit = [], {}, set()
+    for ov in overrides:
+        if m := _GROUP.match(ov):
+            slot, name = m["slot"], m["name"]
+            if slot not in (*SLOT_FIELDS, "activation"):
+                raise SpecError(choice("model/<slot>", slot, [*SLOT_FIELDS, "activation"]))
+            if name not in REGISTRY.entries[slot]:
+                raise SpecError(choice(f"model/{slot}", name, REGISTRY.names(slot)))
+            if slot != "activation":
+                swapped[slot] = name
+            out.append(ov)
+        elif m := _VALUE.match(ov):
+            explicit.add(m["path"].strip())
+            out.append(f"++model.{m['path']}={m['value']}")
+        else:
+            raise SpecError(f"override: given {ov!r}, allowed: model/<slot>=<name> or model.<key>=<value>")
+    return out, swapped, explicit
+
+
+def _reject_targets(node, path: str = "model") -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if str(k) == "_target_":
+                raise SpecError(f"{path}._target_: given {v!r}, allowed: nothing; recipes choose "
+                                "model blocks by registry name and cannot name Python objects")
+            _reject_targets(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _reject_targets(v, f"{path}[{i}]")
+
+
+def _drop_foreign(model: dict, swapped: dict[str, str], explicit: set[str]) -> None:
+    """Drop the recipe's settings that a swapped-in block does not take (see module doc)."""
+    for slot, name in swapped.items():
+        node = model.get(slot)
+        if not isinstance(node, dict):
+            continue
+        known = REGISTRY.get(slot, name).params.model_fields
+        for key in list(node):
+            if key not in known and f"{slot}.{key}" not in explicit:
+                del node[key]
+
+
+def compose_config(recipe: str, overrides: list[str] = ()) -> dict:
+    """The recipe with overrides applied, as a plain dict (before the spec parses it)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    hydra_ovs, swapped, explicit = hydra_overrides(list(overrides))
+    with _search_dir_for(recipe) as (name, extra):
+        ovs = [f"model={name}", *hydra_ovs]
+        if extra is not None:
+            ovs.append(f"hydra.searchpath=[file://{extra}]")
+        try:
+            with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+                cfg = hydra_compose(config_name="compose", overrides=ovs)
+        except (HydraException, OmegaConfBaseException, ValueError) as e:
+            raise SpecError(f"model: recipe {recipe!r} could not be composed: "
+                            f"{' '.join(str(e).split())[:300]}") from None
+    model = cfg.model
+    if not isinstance(model, DictConfig):
+        raise SpecError(f"model: given {recipe!r}, allowed: a recipe that is a YAML mapping")
+    try:
+        data = OmegaConf.to_container(model, resolve=True)
+    except OmegaConfBaseException as e:
+        raise SpecError(f"model: interpolation failed: {' '.join(str(e).split())[:300]}") from None
+    _reject_targets(data)
+    data.pop("defaults", None)
+    _drop_foreign(data, swapped, explicit)
+    return data
+
+
+def compose(recipe: str, overrides: list[str] = ()):
+    """Compose ``recipe`` with ``overrides`` into a frozen ``EncoderSpec``.
+
+    Raises ``SpecError`` (one line per problem) for anything the user can fix.
+    """
+    return parse_spec(compose_config(recipe, overrides))

@@ -1,0 +1,94 @@
+"""The compatibility rules: cross-field checks and what each chosen entry needs of others.
+
+Rules are data: every entry declares ``provides`` and ``requires`` at registration; this
+module reads them. ``problems(spec)`` returns one readable line per problem; nothing here
+raises on a bad spec.
+"""
+
+from __future__ import annotations
+
+from registry.core import REGISTRY
+from registry.errors import choice, problem
+
+_SLOTS_WITH_RULES = ("positional", "attention", "kernel", "mlp", "norm", "head", "init")
+
+
+def _chosen(spec, slot: str):
+    params = getattr(spec, slot)
+    return None if params is None else REGISTRY.get(slot, params.kind)
+
+
+def _activations(spec) -> list[tuple[str, str]]:
+    """(key, name) of every activation the spec names."""
+    out = [("model.mlp.activation", spec.mlp.activation)]
+    if spec.head is not None and hasattr(spec.head, "activation"):
+        out.append(("model.head.activation", spec.head.activation))
+    return out
+
+
+def problems(spec, device: str | None = None, training: bool = False) -> list[str]:
+    """Everything wrong with ``spec`` that types alone cannot catch.
+
+    ``device`` ("cpu", "cuda") and ``training`` add the run-time needs: the kernel must run
+    on the device, and have a backward pass (and dropout, if any is set) when training.
+    """
+    out: list[str] = []
+    if spec.d_model % spec.n_heads:
+        out.append(problem("model.n_heads", spec.n_heads,
+                           f"a divisor of d_model={spec.d_model}"))
+    if spec.pad_token_id >= spec.vocab_size:
+        out.append(problem("model.pad_token_id", spec.pad_token_id,
+                           f"an id below vocab_size={spec.vocab_size}"))
+    for key, name in _activations(spec):
+        if name not in REGISTRY.entries["activation"]:
+            out.append(choice(key, name, REGISTRY.names("activation")))
+    if spec.norm.skip_first and spec.norm.placement != "pre":
+        out.append(problem("model.norm.skip_first", True,
+                           "false with placement 'post' (only a pre-norm layer 0 can skip its attention norm)"))
+    dim = getattr(spec.positional, "dim", None)
+    if dim is not None and spec.d_model % spec.n_heads == 0 and dim > spec.d_model // spec.n_heads:
+        out.append(problem("model.positional.dim", dim,
+                           f"at most the head dimension {spec.d_model // spec.n_heads}"))
+    out += _requirement_problems(spec)
+    out += _runtime_problems(spec, device, training)
+    return out
+
+
+def _requirement_problems(spec) -> list[str]:
+    out = []
+    for slot in _SLOTS_WITH_RULES:
+        entry = _chosen(spec, slot)
+        if entry is None:
+            continue
+        for req in entry.requires:
+            if req.when is not None and not req.when(spec):
+                continue
+            other = _chosen(spec, req.slot)
+            if other is not None and other.provides & set(req.any_of):
+                continue
+            able = [e.name for e in REGISTRY.entries[req.slot].values()
+                    if e.provides & set(req.any_of)]
+            out.append(
+                f"model.{req.slot}: given {other.name if other else None!r}, but {slot} "
+                f"{entry.name!r} needs a {req.slot} with {' or '.join(req.any_of)} ({req.why}); "
+                f"allowed: {', '.join(able) or 'none registered'}"
+            )
+    return out
+
+
+def _runtime_problems(spec, device: str | None, training: bool) -> list[str]:
+    kernel = _chosen(spec, "kernel")
+    needs = []
+    if device is not None:
+        needs.append((f"device:{device}", f"runs on {device}"))
+    if training:
+        needs.append(("backward", "has a backward pass"))
+        if spec.dropout.attention > 0:
+            needs.append(("dropout", "supports attention dropout"))
+    out = []
+    for cap, what in needs:
+        if cap not in kernel.provides:
+            able = [e.name for e in REGISTRY.entries["kernel"].values() if cap in e.provides]
+            out.append(f"model.kernel: given {kernel.name!r}, which is not a kernel that {what}; "
+                       f"allowed: {', '.join(able)}")
+    return out

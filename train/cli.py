@@ -1,0 +1,150 @@
+"""The ``bertsmith`` command line.
+
+Every command prints one line per problem and exits with code 2 for mistakes a user can
+fix (bad recipe, bad override, bad file); bugs still raise with a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from registry.errors import SpecError
+
+
+def _cmd_blocks(args) -> None:
+    from registry import REGISTRY
+    from registry.spec import EncoderSpec  # noqa: F401  (imports every block)
+
+    rows = []
+    for e in REGISTRY:
+        params = {}
+        for name, f in e.params.model_fields.items():
+            if name == "kind":
+                continue
+            params[name] = {"default": e.defaults()[name],
+                            "type": getattr(f.annotation, "__name__", str(f.annotation))}
+        rows.append({"slot": e.slot, "name": e.name, "params": params, "doc": e.doc,
+                     "provides": sorted(e.provides),
+                     "requires": [{"slot": r.slot, "any_of": list(r.any_of), "why": r.why}
+                                  for r in e.requires]})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    slot = None
+    for r in rows:
+        if r["slot"] != slot:
+            slot = r["slot"]
+            print(f"\n{slot}")
+        ps = ", ".join(f"{k}={v['default']!r}" for k, v in r["params"].items())
+        print(f"  {r['name']:<15} {r['doc']}")
+        if ps:
+            print(f"  {'':<15} params: {ps}")
+        if r["requires"]:
+            needs = "; ".join(f"{q['slot']} with {' or '.join(q['any_of'])}" for q in r["requires"])
+            print(f"  {'':<15} needs: {needs}")
+
+
+def _cmd_inspect(args) -> None:
+    import registry
+    from registry.spec import spec_dict
+
+    spec = registry.validate(args.recipe, args.overrides)
+    report = {"spec": spec_dict(spec), **registry.cost(spec, args.seq_len)}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    p, f = report["params"], report["flops_per_token"]
+    print(yaml.safe_dump(report["spec"], sort_keys=False).rstrip())
+    print("\nparams (encoder body: embeddings, layers, final norm)")
+    print(f"  total          {p['total']:>14,}")
+    print(f"  embedding      {p['embedding']:>14,}")
+    print(f"  non_embedding  {p['non_embedding']:>14,}")
+    print(f"  head           {p['head']:>14,}  (not in total; tied weights not counted)")
+    print(f"\nforward FLOPs per token at seq_len {f['seq_len']}")
+    print(f"  encoder        {f['encoder']:>14,}  (linear {f['linear']:,}, attention {f['attention']:,})")
+    print(f"  head           {f['head']:>14,}  (per decoded token)")
+    plan = report["plan"]
+    kinds = ["G" if layer["window"] is None else "L" for layer in plan]
+    windows = sorted({layer["window"] for layer in plan if layer["window"] is not None})
+    print(f"\nlayer plan  {''.join(kinds)}  (G global, L local window {', '.join(map(str, windows)) or '-'})")
+    print("\nnotes" if report["notes"] else "\nnotes: none")
+    for n in report["notes"]:
+        print(f"  - {n}")
+
+
+def _cmd_validate(args) -> None:
+    import registry
+
+    spec = registry.validate(args.recipe, args.overrides)
+    print(f"ok: {spec.name} ({args.recipe})")
+
+
+def _cmd_import_hf(args) -> None:
+    from train.hf import import_hf
+
+    model = import_hf(args.hf_dir, args.out, name=args.name)
+    n = sum(p.numel() for p in model.encoder.parameters())
+    print(f"imported {args.hf_dir} -> {args.out} ({model.spec.name}, {n:,} encoder parameters, "
+          f"head: {model.spec.head.kind if model.spec.head else 'none'})")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="bertsmith",
+        description="Compose BERT-family encoders from interchangeable blocks.",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    over = dict(nargs="*", metavar="override",
+                help="model/<slot>=<entry> or model.<key>=<value> (e.g. model/positional=alibi model.d_model=512)")
+
+    p = sub.add_parser("blocks", help="list every registered block with its params and doc",
+                       description="List every registry entry: slot, name, params with defaults, doc.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=_cmd_blocks)
+
+    p = sub.add_parser("inspect", help="resolved spec, parameter counts, FLOPs, layer plan, fit notes",
+                       description="Compose and validate RECIPE, then report its resolved spec, "
+                                   "parameter counts (encoder body), forward FLOPs per token, the "
+                                   "per-layer attention plan and hardware-fit notes.")
+    p.add_argument("recipe", help="a name under recipes/model/ (e.g. modernbert-base) or a YAML path")
+    p.add_argument("overrides", **over)
+    p.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default: max_seq_len)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(fn=_cmd_inspect)
+
+    p = sub.add_parser("validate", help="check a recipe; exit 0, or 2 with one line per problem",
+                       description="Compose, type-check, check compatibility and build RECIPE on the "
+                                   "meta device. Exit 0 if valid; exit 2 with one line per problem.")
+    p.add_argument("recipe")
+    p.add_argument("overrides", **over)
+    p.set_defaults(fn=_cmd_validate)
+
+    p = sub.add_parser("import-hf", help="convert a transformers BERT/RoBERTa/ModernBERT directory",
+                       description="Read a transformers directory (config.json + weights) of a BERT, "
+                                   "RoBERTa or ModernBERT model, base or masked-LM, and write a "
+                                   "bertsmith model directory (spec.yaml + model.safetensors). "
+                                   "Never runs code from the directory.")
+    p.add_argument("hf_dir")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--name", default=None, help="spec name (default: the directory's name)")
+    p.set_defaults(fn=_cmd_import_hf)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except SpecError as e:
+        for line in e.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
