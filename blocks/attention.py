@@ -7,7 +7,6 @@ convention: 128 -> ±64, 129 keys).
 
 from __future__ import annotations
 
-
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -58,8 +57,16 @@ class SelfAttention(nn.Module):
     The positional context rotates q/k or supplies a score bias; the kernel does the rest.
     """
 
-    def __init__(self, d_model: int, n_heads: int, kernel, window: int | None,
-                 qkv_bias: bool, out_bias: bool, dropout: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        kernel,
+        window: int | None,
+        qkv_bias: bool,
+        out_bias: bool,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
@@ -75,7 +82,10 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(T, 3, self.n_heads, self.head_dim).unbind(1)
         q, k = pos.rotate(q, k, local=self.window is not None)
         o = self.kernel(
-            q, k, v, stream,
+            q,
+            k,
+            v,
+            stream,
             window=self.window,
             bias=pos.bias(self),
             dropout_p=self.dropout if self.training else 0.0,
@@ -86,5 +96,3 @@ class SelfAttention(nn.Module):
     def extra_repr(self) -> str:
         kind = "global" if self.window is None else f"local(window={self.window})"
         return f"heads={self.n_heads}, {kind}, kernel={type(self.kernel).__name__}"
-
-

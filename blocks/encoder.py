@@ -39,8 +39,15 @@ class EncoderOutput:
 class Embeddings(nn.Module):
     """Token embedding + positional embedding (if the scheme adds one) + token types."""
 
-    def __init__(self, vocab_size: int, d_model: int, type_vocab_size: int, positional: nn.Module,
-                 norm: nn.Module | None, dropout: float = 0.0):
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        type_vocab_size: int,
+        positional: nn.Module,
+        norm: nn.Module | None,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.tok = nn.Embedding(vocab_size, d_model)
         self.tok.init_role = "embedding"
@@ -64,9 +71,16 @@ class Embeddings(nn.Module):
 class EncoderLayer(nn.Module):
     """One transformer layer; ``pre``: x + f(norm(x)); ``post``: norm(x + f(x)) (BERT)."""
 
-    def __init__(self, attn: nn.Module, mlp: nn.Module, attn_norm: nn.Module | None,
-                 mlp_norm: nn.Module, pre_norm: bool, attn_out_dropout: float = 0.0,
-                 mlp_dropout: float = 0.0):
+    def __init__(
+        self,
+        attn: nn.Module,
+        mlp: nn.Module,
+        attn_norm: nn.Module | None,
+        mlp_norm: nn.Module,
+        pre_norm: bool,
+        attn_out_dropout: float = 0.0,
+        mlp_dropout: float = 0.0,
+    ):
         super().__init__()
         self.attn_norm = attn_norm if attn_norm is not None else nn.Identity()
         self.attn = attn
@@ -87,8 +101,7 @@ class EncoderLayer(nn.Module):
 class Encoder(nn.Module):
     """Embeddings, layers and final norm on the token stream (the encoder body)."""
 
-    def __init__(self, embeddings: Embeddings, layers: list[EncoderLayer],
-                 final_norm: nn.Module | None):
+    def __init__(self, embeddings: Embeddings, layers: list[EncoderLayer], final_norm: nn.Module | None):
         super().__init__()
         self.embeddings = embeddings
         self.layers = nn.ModuleList(layers)
@@ -111,9 +124,15 @@ class EncoderModel(nn.Module):
         self.head = head
         self.spec = None
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                token_type_ids: Tensor | None = None, cu_seqlens: Tensor | None = None,
-                max_seqlen: int | None = None, predict: Tensor | None = None) -> EncoderOutput:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        max_seqlen: int | None = None,
+        predict: Tensor | None = None,
+    ) -> EncoderOutput:
         """Padded ``input_ids [B, L]`` (+ ``attention_mask``) or packed ``input_ids [T]`` +
         ``cu_seqlens``. ``predict`` (bool, same layout as ``input_ids``) marks the tokens a
         sparse MLM head decodes; its logits are then ``[N, V]`` in stream order."""

@@ -36,9 +36,20 @@ class MlmHead(nn.Module):
 
     per_token = ("logits",)
 
-    def __init__(self, d_model: int, vocab_size: int, make_act, make_norm, embedding: nn.Embedding,
-                 dense_bias: bool, decoder_bias: bool, activation: str = "gelu",
-                 transform: bool = True, tied: bool = True, sparse: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int,
+        make_act,
+        make_norm,
+        embedding: nn.Embedding,
+        dense_bias: bool,
+        decoder_bias: bool,
+        activation: str = "gelu",
+        transform: bool = True,
+        tied: bool = True,
+        sparse: bool = True,
+    ):
         super().__init__()
         self.sparse = sparse
         if transform:
@@ -83,10 +94,18 @@ class NspParams(MlmParams):
 class NspHead(MlmHead):
     """BERT pre-training heads: masked LM plus next-sentence prediction on the pooled [CLS]."""
 
-    def __init__(self, d_model: int, vocab_size: int, make_act, make_norm, embedding: nn.Embedding,
-                 dense_bias: bool, decoder_bias: bool, **mlm):
-        super().__init__(d_model, vocab_size, make_act, make_norm, embedding, dense_bias,
-                         decoder_bias, **mlm)
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int,
+        make_act,
+        make_norm,
+        embedding: nn.Embedding,
+        dense_bias: bool,
+        decoder_bias: bool,
+        **mlm,
+    ):
+        super().__init__(d_model, vocab_size, make_act, make_norm, embedding, dense_bias, decoder_bias, **mlm)
         self.pooler = nn.Linear(d_model, d_model)
         self.pooler.init_role = "head"
         self.nsp = nn.Linear(d_model, 2)
@@ -115,9 +134,18 @@ class ClassificationHead(nn.Module):
 
     per_token = ()
 
-    def __init__(self, d_model: int, make_act, make_norm, dense_bias: bool, num_labels: int = 2,
-                 pooling: str = "cls", activation: str = "gelu", norm: bool = True,
-                 dropout: float = 0.0):
+    def __init__(
+        self,
+        d_model: int,
+        make_act,
+        make_norm,
+        dense_bias: bool,
+        num_labels: int = 2,
+        pooling: str = "cls",
+        activation: str = "gelu",
+        norm: bool = True,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.pool = first_tokens if pooling == "cls" else mean_tokens
         self.dense = nn.Linear(d_model, d_model, bias=dense_bias)

@@ -63,8 +63,9 @@ def megatron(model: nn.Module, n_layers: int, d_model: int, std: float = 0.02) -
 
 
 @register("init", "full_megatron", params=TruncatedInitParams)
-def full_megatron(model: nn.Module, n_layers: int, d_model: int, std: float = 0.02,
-                  cutoff: float = 2.0) -> None:
+def full_megatron(
+    model: nn.Module, n_layers: int, d_model: int, std: float = 0.02, cutoff: float = 2.0
+) -> None:
     """ModernBERT's truncated normal: in std, out and head std/√(2L), classifier D^-½."""
     out = std / math.sqrt(2.0 * n_layers)
     stds = {"out": out, "head": out, "decoder": out, "classifier": d_model**-0.5}

@@ -87,6 +87,5 @@ class Sdpa:
             if mask is not None:
                 dense = dense.masked_fill(~mask, torch.finfo(dense.dtype).min)
             mask = dense
-        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p,
-                                           scale=scale)
+        o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p, scale=scale)
         return _from_batch(stream, o)

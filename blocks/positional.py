@@ -139,8 +139,9 @@ class Rope(PositionalScheme):
     computed once per forward for the global θ and, if different, the local θ.
     """
 
-    def __init__(self, head_dim: int, theta: float = 10000.0, local_theta: float | None = None,
-                 dim: int | None = None):
+    def __init__(
+        self, head_dim: int, theta: float = 10000.0, local_theta: float | None = None, dim: int | None = None
+    ):
         super().__init__()
         self.dim = dim or head_dim
         if self.dim > head_dim:

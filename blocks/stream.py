@@ -62,8 +62,10 @@ class Stream:
         """[T] offset of each token from the start of its sequence."""
         return self.cached(
             "local_index",
-            lambda: torch.arange(self.n_tokens, device=self.cu_seqlens.device)
-            - self.cu_seqlens[:-1].long()[self.seq_index],
+            lambda: (
+                torch.arange(self.n_tokens, device=self.cu_seqlens.device)
+                - self.cu_seqlens[:-1].long()[self.seq_index]
+            ),
         )
 
     @property
@@ -75,8 +77,9 @@ class Stream:
         """[B, Lmax] bool, True where a real token sits in the per-batch layout."""
         return self.cached(
             "key_mask",
-            lambda: torch.arange(self.max_seqlen, device=self.cu_seqlens.device)[None, :]
-            < self.seqlens[:, None],
+            lambda: (
+                torch.arange(self.max_seqlen, device=self.cu_seqlens.device)[None, :] < self.seqlens[:, None]
+            ),
         )
 
     def to_batch(self, x: Tensor) -> Tensor:

@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from blocks.encoder import Embeddings, Encoder, EncoderLayer, EncoderModel
 from blocks.attention import SelfAttention
+from blocks.encoder import Embeddings, Encoder, EncoderLayer, EncoderModel
 from registry.core import REGISTRY, Entry
 from registry.errors import SpecError
 
@@ -71,22 +71,50 @@ def build(spec, head: str | None = None, init: bool = True) -> nn.Module:
     pre = n.placement == "pre"
     layers = []
     for i, window in enumerate(layer_plan(spec)):
-        attn = SelfAttention(spec.d_model, spec.n_heads, kernel, window, spec.bias.qkv,
-                             spec.bias.attn_out, spec.dropout.attention)
-        mlp = mlp_entry.obj(spec.d_model, spec.d_ff, make_act(spec.mlp.activation),
-                            spec.bias.mlp_in, spec.bias.mlp_out)
+        attn = SelfAttention(
+            spec.d_model,
+            spec.n_heads,
+            kernel,
+            window,
+            spec.bias.qkv,
+            spec.bias.attn_out,
+            spec.dropout.attention,
+        )
+        mlp = mlp_entry.obj(
+            spec.d_model, spec.d_ff, make_act(spec.mlp.activation), spec.bias.mlp_in, spec.bias.mlp_out
+        )
         skip = pre and n.skip_first and i == 0
-        layers.append(EncoderLayer(attn, mlp, None if skip else make_norm(), make_norm(), pre,
-                                   spec.dropout.attn_out, spec.dropout.mlp))
-    embeddings = Embeddings(spec.vocab_size, spec.d_model, spec.type_vocab_size, positional,
-                            make_norm() if n.embedding else None, spec.dropout.embedding)
+        layers.append(
+            EncoderLayer(
+                attn,
+                mlp,
+                None if skip else make_norm(),
+                make_norm(),
+                pre,
+                spec.dropout.attn_out,
+                spec.dropout.mlp,
+            )
+        )
+    embeddings = Embeddings(
+        spec.vocab_size,
+        spec.d_model,
+        spec.type_vocab_size,
+        positional,
+        make_norm() if n.embedding else None,
+        spec.dropout.embedding,
+    )
     encoder = Encoder(embeddings, layers, make_norm() if n.final else None)
     head_module = None
     if head_params is not None:
         head_module = construct(
-            REGISTRY.get("head", head_params.kind), head_params,
-            make_act=make_act, make_norm=make_norm, embedding=embeddings.tok,
-            dense_bias=spec.bias.head, decoder_bias=spec.bias.decoder, **dims,
+            REGISTRY.get("head", head_params.kind),
+            head_params,
+            make_act=make_act,
+            make_norm=make_norm,
+            embedding=embeddings.tok,
+            dense_bias=spec.bias.head,
+            decoder_bias=spec.bias.decoder,
+            **dims,
         )
     model = EncoderModel(encoder, head_module)
     if init:

@@ -40,8 +40,10 @@ def model_names() -> list[str]:
 def read_recipe_file(path: Path) -> dict:
     """Load a recipe file's YAML safely; one clear line for a missing, empty or broken file."""
     if not path.is_file():
-        raise SpecError(f"model: given {str(path)!r}, allowed: an existing recipe file or one of "
-                        f"{', '.join(model_names())}")
+        raise SpecError(
+            f"model: given {str(path)!r}, allowed: an existing recipe file or one of "
+            f"{', '.join(model_names())}"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -102,8 +104,10 @@ def _reject_targets(node, path: str = "model") -> None:
     if isinstance(node, dict):
         for k, v in node.items():
             if str(k) == "_target_":
-                raise SpecError(f"{path}._target_: given {v!r}, allowed: nothing; recipes choose "
-                                "model blocks by registry name and cannot name Python objects")
+                raise SpecError(
+                    f"{path}._target_: given {v!r}, allowed: nothing; recipes choose "
+                    "model blocks by registry name and cannot name Python objects"
+                )
             _reject_targets(v, f"{path}.{k}")
     elif isinstance(node, list):
         for i, v in enumerate(node):
@@ -138,8 +142,9 @@ def compose_config(recipe: str, overrides: list[str] = ()) -> dict:
             with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
                 cfg = hydra_compose(config_name="compose", overrides=ovs)
         except (HydraException, OmegaConfBaseException, ValueError) as e:
-            raise SpecError(f"model: recipe {recipe!r} could not be composed: "
-                            f"{' '.join(str(e).split())[:300]}") from None
+            raise SpecError(
+                f"model: recipe {recipe!r} could not be composed: {' '.join(str(e).split())[:300]}"
+            ) from None
     model = cfg.model
     if not isinstance(model, DictConfig):
         raise SpecError(f"model: given {recipe!r}, allowed: a recipe that is a YAML mapping")

@@ -18,8 +18,9 @@ another slot; ``registry.rules`` checks both before anything is built.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, create_model
 

@@ -31,11 +31,16 @@ def fit_notes(spec) -> list[str]:
     """Hardware-fit notes: sizes that waste tensor-core tiles or that kernels refuse."""
     notes = []
     head_dim = spec.d_model // spec.n_heads
-    for key, value in (("d_model", spec.d_model), ("d_ff", spec.d_ff),
-                       ("vocab_size", spec.vocab_size), ("head_dim", head_dim)):
+    for key, value in (
+        ("d_model", spec.d_model),
+        ("d_ff", spec.d_ff),
+        ("vocab_size", spec.vocab_size),
+        ("head_dim", head_dim),
+    ):
         if value % 64:
-            notes.append(f"{key}={value} is not a multiple of 64 (GEMM tiles are wasted; "
-                         f"next: {-(-value // 64) * 64})")
+            notes.append(
+                f"{key}={value} is not a multiple of 64 (GEMM tiles are wasted; next: {-(-value // 64) * 64})"
+            )
     if head_dim > 256:
         notes.append(f"head_dim={head_dim} exceeds 256, which flash-attn does not support")
     if head_dim % 8:
@@ -52,19 +57,26 @@ def cost(spec, seq_len: int | None = None) -> dict:
     total = sum(p.numel() for p in enc.parameters())
     embedding = sum(p.numel() for p in enc.embeddings.parameters())
     body_ids = {id(p) for p in enc.parameters()}
-    head = 0 if model.head is None else sum(
-        p.numel() for p in model.head.parameters() if id(p) not in body_ids)
+    head = (
+        0 if model.head is None else sum(p.numel() for p in model.head.parameters() if id(p) not in body_ids)
+    )
     plan = layer_plan(spec)
     linear = sum(2 * _linear_macs(layer) for layer in enc.layers)
     attention = sum(4 * spec.d_model * mean_keys(L, w) for w in plan)
     head_flops = 0 if model.head is None else 2 * _linear_macs(model.head)
     return {
         "name": spec.name,
-        "params": {"total": total, "embedding": embedding, "non_embedding": total - embedding,
-                   "head": head},
-        "flops_per_token": {"seq_len": L, "encoder": int(linear + attention),
-                            "linear": linear, "attention": int(attention), "head": head_flops},
-        "plan": [{"layer": i, "attention": "global" if w is None else "local", "window": w}
-                 for i, w in enumerate(plan)],
+        "params": {"total": total, "embedding": embedding, "non_embedding": total - embedding, "head": head},
+        "flops_per_token": {
+            "seq_len": L,
+            "encoder": int(linear + attention),
+            "linear": linear,
+            "attention": int(attention),
+            "head": head_flops,
+        },
+        "plan": [
+            {"layer": i, "attention": "global" if w is None else "local", "window": w}
+            for i, w in enumerate(plan)
+        ],
         "notes": fit_notes(spec),
     }

@@ -76,6 +76,8 @@ def load(directory: str | os.PathLike) -> nn.Module:
     model = build(spec, init=False)
     missing, unexpected = load_model(model, str(weights), strict=False)
     if missing or unexpected:
-        raise SpecError(f"model.safetensors: given weights that do not fit spec.yaml "
-                        f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        raise SpecError(
+            f"model.safetensors: given weights that do not fit spec.yaml "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
     return model

@@ -21,8 +21,7 @@ def check(spec, device: str | None = None, training: bool = False, build_meta: b
             build(spec, init=False)
 
 
-def validate(recipe: str, overrides: list[str] = (), device: str | None = None,
-             training: bool = False):
+def validate(recipe: str, overrides: list[str] = (), device: str | None = None, training: bool = False):
     """All rungs for a recipe; returns the spec or raises ``SpecError``."""
     from registry.composer import compose
 

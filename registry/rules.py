@@ -34,21 +34,27 @@ def problems(spec, device: str | None = None, training: bool = False) -> list[st
     """
     out: list[str] = []
     if spec.d_model % spec.n_heads:
-        out.append(problem("model.n_heads", spec.n_heads,
-                           f"a divisor of d_model={spec.d_model}"))
+        out.append(problem("model.n_heads", spec.n_heads, f"a divisor of d_model={spec.d_model}"))
     if spec.pad_token_id >= spec.vocab_size:
-        out.append(problem("model.pad_token_id", spec.pad_token_id,
-                           f"an id below vocab_size={spec.vocab_size}"))
+        out.append(
+            problem("model.pad_token_id", spec.pad_token_id, f"an id below vocab_size={spec.vocab_size}")
+        )
     for key, name in _activations(spec):
         if name not in REGISTRY.entries["activation"]:
             out.append(choice(key, name, REGISTRY.names("activation")))
     if spec.norm.skip_first and spec.norm.placement != "pre":
-        out.append(problem("model.norm.skip_first", True,
-                           "false with placement 'post' (only a pre-norm layer 0 can skip its attention norm)"))
+        out.append(
+            problem(
+                "model.norm.skip_first",
+                True,
+                "false with placement 'post' (only a pre-norm layer 0 can skip its attention norm)",
+            )
+        )
     dim = getattr(spec.positional, "dim", None)
     if dim is not None and spec.d_model % spec.n_heads == 0 and dim > spec.d_model // spec.n_heads:
-        out.append(problem("model.positional.dim", dim,
-                           f"at most the head dimension {spec.d_model // spec.n_heads}"))
+        out.append(
+            problem("model.positional.dim", dim, f"at most the head dimension {spec.d_model // spec.n_heads}")
+        )
     out += _requirement_problems(spec)
     out += _runtime_problems(spec, device, training)
     return out
@@ -66,8 +72,7 @@ def _requirement_problems(spec) -> list[str]:
             other = _chosen(spec, req.slot)
             if other is not None and other.provides & set(req.any_of):
                 continue
-            able = [e.name for e in REGISTRY.entries[req.slot].values()
-                    if e.provides & set(req.any_of)]
+            able = [e.name for e in REGISTRY.entries[req.slot].values() if e.provides & set(req.any_of)]
             out.append(
                 f"model.{req.slot}: given {other.name if other else None!r}, but {slot} "
                 f"{entry.name!r} needs a {req.slot} with {' or '.join(req.any_of)} ({req.why}); "
@@ -89,6 +94,8 @@ def _runtime_problems(spec, device: str | None, training: bool) -> list[str]:
     for cap, what in needs:
         if cap not in kernel.provides:
             able = [e.name for e in REGISTRY.entries["kernel"].values() if cap in e.provides]
-            out.append(f"model.kernel: given {kernel.name!r}, which is not a kernel that {what}; "
-                       f"allowed: {', '.join(able)}")
+            out.append(
+                f"model.kernel: given {kernel.name!r}, which is not a kernel that {what}; "
+                f"allowed: {', '.join(able)}"
+            )
     return out

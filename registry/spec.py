@@ -108,8 +108,9 @@ def _line(err: dict, prefix: str) -> str:
         parent = loc[:-1]
         allowed = [f for f in _fields_of(parent) if f != "kind"]
         where = f" for {tag}" if tag else ""
-        return (f"{key}: unknown key{where}; allowed: {', '.join(allowed) or 'none'}"
-                f"{nearest(loc[-1], allowed)}")
+        return (
+            f"{key}: unknown key{where}; allowed: {', '.join(allowed) or 'none'}{nearest(loc[-1], allowed)}"
+        )
     if etype == "missing":
         return f"{key}: missing; a value is required"
     if len(loc) == 1 and loc[0] in SLOT_FIELDS and not isinstance(given, dict):

@@ -25,12 +25,20 @@ def _cmd_blocks(args) -> None:
         for name, f in e.params.model_fields.items():
             if name == "kind":
                 continue
-            params[name] = {"default": e.defaults()[name],
-                            "type": getattr(f.annotation, "__name__", str(f.annotation))}
-        rows.append({"slot": e.slot, "name": e.name, "params": params, "doc": e.doc,
-                     "provides": sorted(e.provides),
-                     "requires": [{"slot": r.slot, "any_of": list(r.any_of), "why": r.why}
-                                  for r in e.requires]})
+            params[name] = {
+                "default": e.defaults()[name],
+                "type": getattr(f.annotation, "__name__", str(f.annotation)),
+            }
+        rows.append(
+            {
+                "slot": e.slot,
+                "name": e.name,
+                "params": params,
+                "doc": e.doc,
+                "provides": sorted(e.provides),
+                "requires": [{"slot": r.slot, "any_of": list(r.any_of), "why": r.why} for r in e.requires],
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -88,8 +96,10 @@ def _cmd_import_hf(args) -> None:
 
     model = import_hf(args.hf_dir, args.out, name=args.name)
     n = sum(p.numel() for p in model.encoder.parameters())
-    print(f"imported {args.hf_dir} -> {args.out} ({model.spec.name}, {n:,} encoder parameters, "
-          f"head: {model.spec.head.kind if model.spec.head else 'none'})")
+    print(
+        f"imported {args.hf_dir} -> {args.out} ({model.spec.name}, {n:,} encoder parameters, "
+        f"head: {model.spec.head.kind if model.spec.head else 'none'})"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,36 +108,53 @@ def parser() -> argparse.ArgumentParser:
         description="Compose BERT-family encoders from interchangeable blocks.",
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    over = dict(nargs="*", metavar="override",
-                help="model/<slot>=<entry> or model.<key>=<value> (e.g. model/positional=alibi model.d_model=512)")
+    over = dict(
+        nargs="*",
+        metavar="override",
+        help="model/<slot>=<entry> or model.<key>=<value> (e.g. model/positional=alibi model.d_model=512)",
+    )
 
-    p = sub.add_parser("blocks", help="list every registered block with its params and doc",
-                       description="List every registry entry: slot, name, params with defaults, doc.")
+    p = sub.add_parser(
+        "blocks",
+        help="list every registered block with its params and doc",
+        description="List every registry entry: slot, name, params with defaults, doc.",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=_cmd_blocks)
 
-    p = sub.add_parser("inspect", help="resolved spec, parameter counts, FLOPs, layer plan, fit notes",
-                       description="Compose and validate RECIPE, then report its resolved spec, "
-                                   "parameter counts (encoder body), forward FLOPs per token, the "
-                                   "per-layer attention plan and hardware-fit notes.")
+    p = sub.add_parser(
+        "inspect",
+        help="resolved spec, parameter counts, FLOPs, layer plan, fit notes",
+        description="Compose and validate RECIPE, then report its resolved spec, "
+        "parameter counts (encoder body), forward FLOPs per token, the "
+        "per-layer attention plan and hardware-fit notes.",
+    )
     p.add_argument("recipe", help="a name under recipes/model/ (e.g. modernbert-base) or a YAML path")
     p.add_argument("overrides", **over)
-    p.add_argument("--seq-len", type=int, default=None, help="sequence length for FLOPs (default: max_seq_len)")
+    p.add_argument(
+        "--seq-len", type=int, default=None, help="sequence length for FLOPs (default: max_seq_len)"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=_cmd_inspect)
 
-    p = sub.add_parser("validate", help="check a recipe; exit 0, or 2 with one line per problem",
-                       description="Compose, type-check, check compatibility and build RECIPE on the "
-                                   "meta device. Exit 0 if valid; exit 2 with one line per problem.")
+    p = sub.add_parser(
+        "validate",
+        help="check a recipe; exit 0, or 2 with one line per problem",
+        description="Compose, type-check, check compatibility and build RECIPE on the "
+        "meta device. Exit 0 if valid; exit 2 with one line per problem.",
+    )
     p.add_argument("recipe")
     p.add_argument("overrides", **over)
     p.set_defaults(fn=_cmd_validate)
 
-    p = sub.add_parser("import-hf", help="convert a transformers BERT/RoBERTa/ModernBERT directory",
-                       description="Read a transformers directory (config.json + weights) of a BERT, "
-                                   "RoBERTa or ModernBERT model, base or masked-LM, and write a "
-                                   "bertsmith model directory (spec.yaml + model.safetensors). "
-                                   "Never runs code from the directory.")
+    p = sub.add_parser(
+        "import-hf",
+        help="convert a transformers BERT/RoBERTa/ModernBERT directory",
+        description="Read a transformers directory (config.json + weights) of a BERT, "
+        "RoBERTa or ModernBERT model, base or masked-LM, and write a "
+        "bertsmith model directory (spec.yaml + model.safetensors). "
+        "Never runs code from the directory.",
+    )
     p.add_argument("hf_dir")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--name", default=None, help="spec name (default: the directory's name)")

@@ -21,14 +21,22 @@ from registry.errors import SpecError
 from registry.spec import parse_spec
 
 FAMILIES = ("bert", "roberta", "modernbert")
-_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
-        "relu": "relu", "silu": "silu", "swish": "silu"}
+_ACT = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_tanh",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "relu": "relu",
+    "silu": "silu",
+    "swish": "silu",
+}
 
 
 def _config(hf_dir: Path):
     path = hf_dir / "config.json"
     if not path.is_file():
-        raise SpecError(f"import-hf: given {str(hf_dir)!r}, allowed: a transformers directory with config.json")
+        raise SpecError(
+            f"import-hf: given {str(hf_dir)!r}, allowed: a transformers directory with config.json"
+        )
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -62,25 +70,46 @@ def spec_from_config(family: str, cfg, raw: dict, name: str = "imported") -> obj
     head = _head_kind(raw)
     if family in ("bert", "roberta"):
         if getattr(cfg, "position_embedding_type", "absolute") not in (None, "absolute"):
-            raise SpecError(f"config.json position_embedding_type: given {cfg.position_embedding_type!r}, allowed: 'absolute'")
+            raise SpecError(
+                f"config.json position_embedding_type: given {cfg.position_embedding_type!r}, allowed: 'absolute'"
+            )
         act = _activation(cfg.hidden_act, "hidden_act")
         offset = cfg.pad_token_id + 1 if family == "roberta" else 0
         p_hidden = cfg.hidden_dropout_prob
         data = dict(
-            name=name, vocab_size=cfg.vocab_size, d_model=cfg.hidden_size,
-            n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads,
-            d_ff=cfg.intermediate_size, max_seq_len=cfg.max_position_embeddings - offset,
-            type_vocab_size=cfg.type_vocab_size, pad_token_id=cfg.pad_token_id or 0,
+            name=name,
+            vocab_size=cfg.vocab_size,
+            d_model=cfg.hidden_size,
+            n_layers=cfg.num_hidden_layers,
+            n_heads=cfg.num_attention_heads,
+            d_ff=cfg.intermediate_size,
+            max_seq_len=cfg.max_position_embeddings - offset,
+            type_vocab_size=cfg.type_vocab_size,
+            pad_token_id=cfg.pad_token_id or 0,
             positional={"kind": "learned", "offset": offset},
-            attention={"kind": "global"}, mlp={"kind": "mlp", "activation": act},
-            norm={"kind": "layernorm", "eps": cfg.layer_norm_eps, "placement": "post",
-                  "embedding": True, "final": False},
-            dropout={"embedding": p_hidden, "attention": cfg.attention_probs_dropout_prob,
-                     "attn_out": p_hidden, "mlp": p_hidden},
+            attention={"kind": "global"},
+            mlp={"kind": "mlp", "activation": act},
+            norm={
+                "kind": "layernorm",
+                "eps": cfg.layer_norm_eps,
+                "placement": "post",
+                "embedding": True,
+                "final": False,
+            },
+            dropout={
+                "embedding": p_hidden,
+                "attention": cfg.attention_probs_dropout_prob,
+                "attn_out": p_hidden,
+                "mlp": p_hidden,
+            },
             init={"kind": "bert_normal", "std": cfg.initializer_range},
-            head=None if head is None else {
-                "kind": head, "activation": "gelu" if family == "roberta" else act,
-                "tied": bool(getattr(cfg, "tie_word_embeddings", True))},
+            head=None
+            if head is None
+            else {
+                "kind": head,
+                "activation": "gelu" if family == "roberta" else act,
+                "tied": bool(getattr(cfg, "tie_word_embeddings", True)),
+            },
         )
     else:
         data = _modernbert_spec(cfg, name, head)
@@ -92,36 +121,74 @@ def _modernbert_spec(cfg, name: str, head: str | None) -> dict:
     every = next((i for i, t in enumerate(types) if i and t == "full_attention"), len(types))
     expected = ["sliding_attention" if i % every else "full_attention" for i in range(len(types))]
     if types != expected:
-        raise SpecError(f"config.json layer_types: given {types}, allowed: full attention every "
-                        "n-th layer starting at layer 0 (the alternating pattern)")
+        raise SpecError(
+            f"config.json layer_types: given {types}, allowed: full attention every "
+            "n-th layer starting at layer 0 (the alternating pattern)"
+        )
     rope = cfg.rope_parameters
     for kind in ("full_attention", "sliding_attention"):
         if rope[kind].get("rope_type", "default") != "default":
-            raise SpecError(f"config.json rope_parameters.{kind}.rope_type: given "
-                            f"{rope[kind]['rope_type']!r}, allowed: 'default'")
-    attention = ({"kind": "global"} if every >= len(types) else
-                 {"kind": "alternating", "window": cfg.local_attention, "global_every": every})
+            raise SpecError(
+                f"config.json rope_parameters.{kind}.rope_type: given "
+                f"{rope[kind]['rope_type']!r}, allowed: 'default'"
+            )
+    attention = (
+        {"kind": "global"}
+        if every >= len(types)
+        else {"kind": "alternating", "window": cfg.local_attention, "global_every": every}
+    )
     return dict(
-        name=name, vocab_size=cfg.vocab_size, d_model=cfg.hidden_size,
-        n_layers=cfg.num_hidden_layers, n_heads=cfg.num_attention_heads,
-        d_ff=cfg.intermediate_size, max_seq_len=cfg.max_position_embeddings,
-        type_vocab_size=0, pad_token_id=cfg.pad_token_id or 0,
-        positional={"kind": "rope", "theta": rope["full_attention"]["rope_theta"],
-                    "local_theta": rope["sliding_attention"]["rope_theta"]},
+        name=name,
+        vocab_size=cfg.vocab_size,
+        d_model=cfg.hidden_size,
+        n_layers=cfg.num_hidden_layers,
+        n_heads=cfg.num_attention_heads,
+        d_ff=cfg.intermediate_size,
+        max_seq_len=cfg.max_position_embeddings,
+        type_vocab_size=0,
+        pad_token_id=cfg.pad_token_id or 0,
+        positional={
+            "kind": "rope",
+            "theta": rope["full_attention"]["rope_theta"],
+            "local_theta": rope["sliding_attention"]["rope_theta"],
+        },
         attention=attention,
         mlp={"kind": "glu", "activation": _activation(cfg.hidden_activation, "hidden_activation")},
-        norm={"kind": "layernorm", "eps": cfg.norm_eps, "placement": "pre", "embedding": True,
-              "final": True, "skip_first": True},
-        bias={"qkv": cfg.attention_bias, "attn_out": cfg.attention_bias,
-              "mlp_in": cfg.mlp_bias, "mlp_out": cfg.mlp_bias, "norm": cfg.norm_bias,
-              "head": cfg.classifier_bias, "decoder": cfg.decoder_bias},
-        dropout={"embedding": cfg.embedding_dropout, "attention": cfg.attention_dropout,
-                 "attn_out": cfg.attention_dropout, "mlp": cfg.mlp_dropout},
-        init={"kind": "full_megatron", "std": cfg.initializer_range,
-              "cutoff": cfg.initializer_cutoff_factor or 2.0},
-        head=None if head is None else {
-            "kind": head, "activation": _activation(cfg.classifier_activation, "classifier_activation"),
-            "tied": bool(getattr(cfg, "tie_word_embeddings", True))},
+        norm={
+            "kind": "layernorm",
+            "eps": cfg.norm_eps,
+            "placement": "pre",
+            "embedding": True,
+            "final": True,
+            "skip_first": True,
+        },
+        bias={
+            "qkv": cfg.attention_bias,
+            "attn_out": cfg.attention_bias,
+            "mlp_in": cfg.mlp_bias,
+            "mlp_out": cfg.mlp_bias,
+            "norm": cfg.norm_bias,
+            "head": cfg.classifier_bias,
+            "decoder": cfg.decoder_bias,
+        },
+        dropout={
+            "embedding": cfg.embedding_dropout,
+            "attention": cfg.attention_dropout,
+            "attn_out": cfg.attention_dropout,
+            "mlp": cfg.mlp_dropout,
+        },
+        init={
+            "kind": "full_megatron",
+            "std": cfg.initializer_range,
+            "cutoff": cfg.initializer_cutoff_factor or 2.0,
+        },
+        head=None
+        if head is None
+        else {
+            "kind": head,
+            "activation": _activation(cfg.classifier_activation, "classifier_activation"),
+            "tied": bool(getattr(cfg, "tie_word_embeddings", True)),
+        },
     )
 
 
@@ -213,8 +280,12 @@ def read_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
         try:
             return torch.load(binary, map_location="cpu", weights_only=True)
         except Exception as e:  # an unpicklable (code-carrying) file is refused, not run
-            raise SpecError(f"import-hf: given {str(binary)!r}, allowed: a weights-only checkpoint ({e.__class__.__name__})") from None
-    raise SpecError(f"import-hf: given {str(hf_dir)!r}, allowed: a directory with *.safetensors or pytorch_model.bin")
+            raise SpecError(
+                f"import-hf: given {str(binary)!r}, allowed: a weights-only checkpoint ({e.__class__.__name__})"
+            ) from None
+    raise SpecError(
+        f"import-hf: given {str(hf_dir)!r}, allowed: a directory with *.safetensors or pytorch_model.bin"
+    )
 
 
 def _lookup(weights: dict, key: str, family: str) -> torch.Tensor | None:
@@ -250,12 +321,16 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None):
             continue
         state[ours] = torch.cat(parts, 0) if len(parts) > 1 else parts[0]
     if missing:
-        raise SpecError(f"import-hf: weights missing from {str(hf_dir)!r}: {', '.join(missing[:4])}"
-                        f"{' ...' if len(missing) > 4 else ''}")
+        raise SpecError(
+            f"import-hf: weights missing from {str(hf_dir)!r}: {', '.join(missing[:4])}"
+            f"{' ...' if len(missing) > 4 else ''}"
+        )
     result = model.load_state_dict(state, strict=False)
     expected_missing = {"head.decoder.weight"} if spec.head is not None and spec.head.tied else set()
     if set(result.missing_keys) - expected_missing:
-        raise SpecError(f"import-hf: spec and weights disagree: {sorted(set(result.missing_keys) - expected_missing)[:4]}")
+        raise SpecError(
+            f"import-hf: spec and weights disagree: {sorted(set(result.missing_keys) - expected_missing)[:4]}"
+        )
     tok = hf_dir / "tokenizer.json"
     registry.save(model, out_dir, tokenizer=tok if tok.is_file() else None)
     return model
