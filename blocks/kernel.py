@@ -11,7 +11,8 @@ score bias in the per-batch layout ``[B or 1, H, L, L]``.
 
 Capabilities are declared in ``provides`` (``registry.validate`` reads them): ``varlen``,
 ``window``, ``bias`` (dense score bias), ``alibi`` (native ALiBi slopes), ``dropout``,
-``backward``, and ``device:<type>`` for each device the kernel runs on.
+``backward`` (on every device it runs on) or ``backward:<type>`` (on that device only), and
+``device:<type>`` for each device the kernel runs on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from registry.core import register
+from registry.core import Params, register
 
 
 def batch_mask(stream, window: int | None) -> Tensor | None:
@@ -89,3 +90,62 @@ class Sdpa:
             mask = dense
         o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p, scale=scale)
         return _from_batch(stream, o)
+
+
+class FlexParams(Params):
+    """``compile``: run ``torch.compile(flex_attention)`` (fused; the first call per shape
+    compiles for tens of seconds). Uncompiled flex materialises the scores, for tests."""
+
+    compile: bool = False
+
+
+@register(
+    "kernel",
+    "flex",
+    params=FlexParams,
+    provides={"varlen", "window", "alibi", "device:cpu", "device:cuda", "backward:cuda"},
+)
+class Flex:
+    """FlexAttention on the packed stream: a document mask (plus window) as a block-sparse
+    ``mask_mod``, ALiBi as a ``score_mod`` (Dong et al. 2024). Backward on CUDA only."""
+
+    def __init__(self, compile: bool = False):
+        from torch.nn.attention.flex_attention import flex_attention
+
+        self.fn = torch.compile(flex_attention, dynamic=True) if compile else flex_attention
+
+    def __call__(self, q, k, v, stream, window=None, bias=None, dropout_p=0.0, scale=None):
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        if dropout_p > 0:
+            raise ValueError("flex does not support attention dropout (validation should refuse this)")
+        slopes = getattr(bias, "slopes", None)
+        if bias is not None and slopes is None:
+            raise ValueError("flex takes ALiBi slopes, not a dense score bias")
+        doc, pos = stream.seq_index, stream.local_index
+
+        def mask_mod(b, h, qi, ki):
+            same = doc[qi] == doc[ki]
+            return same if window is None else same & ((pos[qi] - pos[ki]).abs() <= window // 2)
+
+        T = q.shape[0]
+        block_mask = stream.cached(
+            ("flex", window, q.device),
+            lambda: create_block_mask(mask_mod, None, None, T, T, device=q.device),
+        )
+        score_mod = None
+        if slopes is not None:
+            slopes = slopes.to(q.device)
+
+            def score_mod(score, b, h, qi, ki):
+                return score - slopes[h] * (pos[qi] - pos[ki]).abs()
+
+        o = self.fn(
+            q.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            score_mod=score_mod,
+            block_mask=block_mask,
+            scale=scale,
+        )
+        return o[0].transpose(0, 1)

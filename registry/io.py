@@ -74,10 +74,26 @@ def load(directory: str | os.PathLike) -> nn.Module:
     if not weights.is_file():
         raise SpecError(f"model: given {str(d)!r}, allowed: a model directory with model.safetensors")
     model = build(spec, init=False)
-    missing, unexpected = load_model(model, str(weights), strict=False)
-    if missing or unexpected:
-        raise SpecError(
-            f"model.safetensors: given weights that do not fit spec.yaml "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-        )
+    _check_fit(model, weights)
+    load_model(model, str(weights), strict=True)
     return model
+
+
+def _check_fit(model: nn.Module, weights: Path) -> None:
+    """Refuse, in one line, weights whose names or shapes differ from the spec's model."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    state = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in state.items()}
+    aliases: dict[int, list[str]] = {}  # tied weights are stored once, under one of their names
+    for k, v in state.items():
+        aliases.setdefault(v.data_ptr(), []).append(k)
+    bad = [k for k in shapes if k in expected and shapes[k] != expected[k]]
+    unexpected = [k for k in shapes if k not in expected]
+    missing = [k for k in expected if not any(a in shapes for a in aliases[state[k].data_ptr()])]
+    if bad or unexpected or missing:
+        what = [f"{k} is {shapes[k]}, spec wants {expected[k]}" for k in bad[:2]]
+        what += [f"unexpected {k}" for k in unexpected[:2]] + [f"missing {k}" for k in missing[:2]]
+        raise SpecError(f"model.safetensors: given weights that do not fit spec.yaml ({'; '.join(what)})")

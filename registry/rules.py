@@ -85,15 +85,16 @@ def _runtime_problems(spec, device: str | None, training: bool) -> list[str]:
     kernel = _chosen(spec, "kernel")
     needs = []
     if device is not None:
-        needs.append((f"device:{device}", f"runs on {device}"))
+        needs.append(((f"device:{device}",), f"runs on {device}"))
     if training:
-        needs.append(("backward", "has a backward pass"))
+        where = f"backward:{device}" if device else None
+        needs.append((("backward", where), f"has a backward pass{f' on {device}' if device else ''}"))
         if spec.dropout.attention > 0:
-            needs.append(("dropout", "supports attention dropout"))
+            needs.append((("dropout",), "supports attention dropout"))
     out = []
-    for cap, what in needs:
-        if cap not in kernel.provides:
-            able = [e.name for e in REGISTRY.entries["kernel"].values() if cap in e.provides]
+    for caps, what in needs:
+        if not kernel.provides & set(caps):
+            able = [e.name for e in REGISTRY.entries["kernel"].values() if e.provides & set(caps)]
             out.append(
                 f"model.kernel: given {kernel.name!r}, which is not a kernel that {what}; "
                 f"allowed: {', '.join(able)}"
