@@ -7,6 +7,7 @@ convention: 128 -> ±64, 129 keys).
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -54,7 +55,10 @@ class SelfAttention(nn.Module):
         rows [D, 2D)   k
         rows [2D, 3D)  v
 
-    The positional context rotates q/k or supplies a score bias; the kernel does the rest.
+    The positional context rotates q/k or supplies a score bias (and may change the scale);
+    the kernel does the rest. ``positional`` holds the per-layer parameters of the positional
+    scheme, if it has any (DeBERTa's separate position projections). With ``query`` given,
+    queries come from it and keys/values from ``x`` (the enhanced mask decoder's query stream).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class SelfAttention(nn.Module):
         qkv_bias: bool,
         out_bias: bool,
         dropout: float = 0.0,
+        positional: nn.Module | None = None,
     ):
         super().__init__()
         self.n_heads = n_heads
@@ -76,10 +81,27 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=qkv_bias)
         self.out = nn.Linear(d_model, d_model, bias=out_bias)
         self.out.init_role = "out"
+        self.positional = positional
 
-    def forward(self, x: Tensor, stream, pos) -> Tensor:
+    def _project(self, x: Tensor, first: int, n: int) -> Tensor:
+        """Rows ``[first·D, (first + n)·D)`` of the fused projection: ``[N, n, H, d]``."""
+        D = self.n_heads * self.head_dim
+        rows = slice(first * D, (first + n) * D)
+        bias = None if self.qkv.bias is None else self.qkv.bias[rows]
+        return F.linear(x, self.qkv.weight[rows], bias).view(x.shape[0], n, self.n_heads, self.head_dim)
+
+    def project_qk(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """This layer's query and key projections of any vectors ``x [N, D]``: two ``[N, H, d]``."""
+        q, k = self._project(x, 0, 2).unbind(1)
+        return q, k
+
+    def forward(self, x: Tensor, stream, pos, query: Tensor | None = None) -> Tensor:
         T = x.shape[0]
-        q, k, v = self.qkv(x).view(T, 3, self.n_heads, self.head_dim).unbind(1)
+        if query is None:
+            q, k, v = self.qkv(x).view(T, 3, self.n_heads, self.head_dim).unbind(1)
+        else:
+            q = self._project(query, 0, 1)[:, 0]
+            k, v = self._project(x, 1, 2).unbind(1)
         q, k = pos.rotate(q, k, local=self.window is not None)
         o = self.kernel(
             q,
@@ -89,7 +111,7 @@ class SelfAttention(nn.Module):
             window=self.window,
             bias=pos.bias(self),
             dropout_p=self.dropout if self.training else 0.0,
-            scale=self.head_dim**-0.5,
+            scale=pos.scale(self.head_dim),
         )
         return self.out(o.reshape(T, -1))
 

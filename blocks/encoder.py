@@ -90,11 +90,18 @@ class EncoderLayer(nn.Module):
         self.attn_drop = nn.Dropout(attn_out_dropout)
         self.mlp_drop = nn.Dropout(mlp_dropout)
 
-    def forward(self, x: Tensor, stream: Stream, pos) -> Tensor:
+    def forward(self, x: Tensor, stream: Stream, pos, query: Tensor | None = None) -> Tensor:
+        """``query`` (optional, [T, D]): a separate query stream that attends to ``x`` and
+        carries the residual; the layer then returns the updated query stream (EMD)."""
         if self.pre_norm:
-            x = x + self.attn_drop(self.attn(self.attn_norm(x), stream, pos))
+            h = self.attn_norm(x)
+            if query is None:
+                x = x + self.attn_drop(self.attn(h, stream, pos))
+            else:
+                x = query + self.attn_drop(self.attn(h, stream, pos, query=self.attn_norm(query)))
             return x + self.mlp_drop(self.mlp(self.mlp_norm(x)))
-        x = self.attn_norm(x + self.attn_drop(self.attn(x, stream, pos)))
+        residual = x if query is None else query
+        x = self.attn_norm(residual + self.attn_drop(self.attn(x, stream, pos, query=query)))
         return self.mlp_norm(x + self.mlp_drop(self.mlp(x)))
 
 
@@ -108,9 +115,14 @@ class Encoder(nn.Module):
         self.final_norm = final_norm if final_norm is not None else nn.Identity()
 
     def forward(self, tokens: Tensor, stream: Stream, token_types: Tensor | None = None) -> Tensor:
+        """The final hidden states ``[T, D]``. The last layer's input and the positional
+        context are left in ``stream.cache["last_layer_input"]`` for heads that run the last
+        layer again (the enhanced mask decoder)."""
         x = self.embeddings(tokens, stream.position_ids, token_types)
         pos = self.embeddings.positional.prepare(stream)
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
+            if i == len(self.layers) - 1:
+                stream.cache["last_layer_input"] = (x, pos)
             x = layer(x, stream, pos)
         return self.final_norm(x)
 

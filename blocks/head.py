@@ -118,6 +118,70 @@ class NspHead(MlmHead):
         return out
 
 
+class EmdParams(MlmParams):
+    """MLM head params, plus ``steps``: how many times the encoder's last layer decodes the
+    position-enriched query stream (DeBERTa: 2, sharing that layer's weights)."""
+
+    steps: int = Field(2, ge=1)
+
+
+@register("head", "emd", params=EmdParams)
+class EmdHead(MlmHead):
+    """Enhanced mask decoder: absolute positions added just before MLM decoding (DeBERTa).
+
+    He et al. 2020, arXiv:2006.03654 §3.2.
+
+    The encoder uses relative positions only; EMD gives the MLM prediction the absolute
+    ones. With H the input of the encoder's last layer and P a learned absolute position
+    table (``positions [max_seq_len, D]``, indexed by the position within each sequence),
+    following the DeBERTa code (``EnhancedMaskDecoder.emd_context_layer``)::
+
+        Q0 = H + P[position_ids]
+        Q(s+1) = last_layer(keys/values H, queries Q(s))     s = 0 .. steps-1, shared weights
+        logits = MLM head (transform, decoder) on final_norm(Q(steps))
+
+    The last layer is the encoder's own (held, not owned: its weights are stored once, under
+    ``encoder.layers``); this head adds only P and the MLM head's weights (in DeBERTa's code P
+    is the embedding module's unused absolute table; here the head owns it). It reads H and
+    the positional context that the encoder leaves in ``stream.cache["last_layer_input"]``;
+    the encoder's output ``h`` is not used, and ``last_hidden_state`` stays the plain encoder
+    output. Every token's query stream is decoded; sparse prediction selects rows after it.
+
+    No parity reference: ``transformers`` has no EMD (its DeBERTa MLM classes use the plain
+    head, so ``import-hf`` gives ``mlm``). The tests check it against DeBERTa's algorithm
+    written with ``transformers``' DeBERTa layer, which takes separate ``query_states``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        vocab_size: int,
+        max_seq_len: int,
+        make_act,
+        make_norm,
+        embedding: nn.Embedding,
+        encoder: nn.Module,
+        dense_bias: bool,
+        decoder_bias: bool,
+        steps: int = 2,
+        **mlm,
+    ):
+        super().__init__(d_model, vocab_size, make_act, make_norm, embedding, dense_bias, decoder_bias, **mlm)
+        self.steps = steps
+        self.positions = nn.Embedding(max_seq_len, d_model)
+        self.positions.init_role = "embedding"
+        # a plain tuple, so the encoder's modules are not registered (and saved) twice
+        self._shared = (encoder.layers[-1], encoder.final_norm)
+
+    def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
+        last_layer, final_norm = self._shared
+        kv, pos = stream.cache["last_layer_input"]
+        q = kv + self.positions(stream.position_ids).to(kv.dtype)
+        for _ in range(self.steps):
+            q = last_layer(kv, stream, pos, query=q)
+        return super().forward(final_norm(q), stream, predict)
+
+
 class ClassificationParams(Params):
     """Pool ([CLS] or mean), then dense + act (+ norm), dropout, and a linear classifier."""
 

@@ -106,8 +106,9 @@ class FlexParams(Params):
     provides={"varlen", "window", "alibi", "device:cpu", "device:cuda", "backward:cuda"},
 )
 class Flex:
-    """FlexAttention on the packed stream: a document mask (plus window) as a block-sparse
-    ``mask_mod``, ALiBi as a ``score_mod`` (Dong et al. 2024). Backward on CUDA only."""
+    """FlexAttention on the packed stream (Dong et al. 2024); backward on CUDA only.
+
+    The document mask (plus window) is a block-sparse ``mask_mod``, ALiBi a ``score_mod``."""
 
     def __init__(self, compile: bool = False):
         from torch.nn.attention.flex_attention import flex_attention
@@ -119,6 +120,11 @@ class Flex:
 
         if dropout_p > 0:
             raise ValueError("flex does not support attention dropout (validation should refuse this)")
+        if q.device.type == "cpu" and torch.is_grad_enabled() and q.requires_grad:
+            raise RuntimeError(
+                "flex on CPU is inference-only (torch has no CPU backward for it): "
+                "run under torch.no_grad() or torch.inference_mode(), or use sdpa"
+            )
         slopes = getattr(bias, "slopes", None)
         if bias is not None and slopes is None:
             raise ValueError("flex takes ALiBi slopes, not a dense score bias")

@@ -8,15 +8,20 @@ A scheme acts in one of three ways, and declares which in ``provides``:
   takes one (compatibility is checked by ``registry.validate``).
 
 ``prepare(stream)`` runs once per forward; what it computes (cos/sin tables, bias tensors)
-is shared by every layer.
+is shared by every layer. The context may also change the softmax scale (``scale``), and a
+scheme whose layers need parameters of their own returns them from ``layer_module()``; the
+builder puts one in each attention layer (``attn.positional``), so they are named and counted
+with the layer they belong to.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from registry.core import Params, Requirement, register
@@ -32,12 +37,24 @@ class PositionContext:
         """A score bias for layer ``attn`` (an object with ``dense``), or None."""
         return None
 
+    def scale(self, head_dim: int) -> float:
+        """The softmax scale applied to q·kᵀ (and expected of the bias): head_dim^-½."""
+        return head_dim**-0.5
+
 
 class PositionalScheme(nn.Module):
     """Base: adds nothing, rotates nothing, biases nothing."""
 
     def embed(self, position_ids: Tensor) -> Tensor | None:
         return None
+
+    def layer_module(self) -> nn.Module | None:
+        """Parameters one attention layer needs of its own (kept as ``attn.positional``)."""
+        return None
+
+    def flops_per_query(self, d_model: int) -> int:
+        """Forward FLOPs this scheme adds to each query of each layer (for the cost model)."""
+        return 0
 
     def prepare(self, stream) -> PositionContext:
         return PositionContext()
@@ -54,7 +71,7 @@ class LearnedParams(Params):
     offset: int = Field(0, ge=0)
 
 
-@register("positional", "learned", params=LearnedParams, provides={"embedding"})
+@register("positional", "learned", params=LearnedParams, provides={"embedding", "bounded"})
 class Learned(PositionalScheme):
     """Learned absolute position embeddings added to tokens (BERT; RoBERTa with offset 2).
 
@@ -65,8 +82,7 @@ class Learned(PositionalScheme):
         super().__init__()
         self.offset = offset
         self.max_seq_len = max_seq_len
-        self.weight = nn.Parameter(torch.empty(max_seq_len + offset, d_model))
-        nn.init.normal_(self.weight, std=0.02)
+        self.weight = nn.Parameter(torch.empty(max_seq_len + offset, d_model))  # the init scheme fills it
         self.init_role = "embedding"
 
     def embed(self, position_ids: Tensor) -> Tensor:
@@ -101,11 +117,12 @@ class RopeParams(Params):
     local_theta: float | None = Field(None, gt=0)
     dim: int | None = Field(None, gt=0)
 
-    @model_validator(mode="after")
-    def _even(self):
-        if self.dim is not None and self.dim % 2:
-            raise ValueError(f"dim: given {self.dim}, allowed: an even number")
-        return self
+    @field_validator("dim")
+    @classmethod
+    def _even(cls, dim: int | None) -> int | None:
+        if dim is not None and dim % 2:
+            raise ValueError("an even number")
+        return dim
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -216,3 +233,197 @@ class Alibi(PositionalScheme):
 
     def prepare(self, stream) -> AlibiContext:
         return AlibiContext(AlibiBias(alibi_slopes(self.n_heads)))
+
+
+# --- DeBERTa's disentangled attention -----------------------------------------------------
+
+
+class DisentangledParams(Params):
+    """Defaults are DeBERTa-v3's. ``pos_att_type``: the relative terms, any subset of ``c2p``
+    (content query · position key) and ``p2c`` (position query · content key);
+    ``position_buckets``: log-bucketed distances into that many buckets, 0 = plain distances
+    clipped at ``max_relative_positions`` (default: max_seq_len); ``norm_rel_ebd``: normalise
+    the relative embeddings with the spec's norm; ``share_att_key``: project them with each
+    layer's own query/key projections, else with separate per-layer ones; ``dropout`` on the
+    relative embeddings, per layer."""
+
+    pos_att_type: tuple[Literal["c2p", "p2c"], ...] = ("p2c", "c2p")
+    position_buckets: int = Field(256, ge=0)
+    max_relative_positions: int | None = Field(None, gt=1)
+    norm_rel_ebd: bool = True
+    share_att_key: bool = True
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+    @field_validator("pos_att_type")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError("distinct terms among c2p, p2c")
+        return v
+
+
+def log_bucket(rel: Tensor, buckets: int, max_position: int) -> Tensor:
+    """DeBERTa-v2's log buckets for relative positions ``rel`` (long).
+
+    With mid = buckets // 2: |r| ≤ mid keeps r; farther, sign(r)·(mid + ceil(log(|r|/mid) /
+    log((max_position − 1)/mid) · (mid − 1))), so distances up to max_position − 1 fill the
+    remaining mid − 1 buckets on each side. Computed in float32 in the reference's order of
+    operations, so every bucket boundary falls exactly where it does in ``transformers``.
+    """
+    sign = torch.sign(rel)
+    mid = buckets // 2
+    near = (rel < mid) & (rel > -mid)
+    abs_pos = torch.where(near, torch.full_like(rel, mid - 1), rel.abs())  # mid - 1 only dodges log(0)
+    denom = torch.log(torch.tensor((max_position - 1) / mid))
+    log_pos = torch.ceil(torch.log(abs_pos / mid) / denom * (mid - 1)) + mid
+    return torch.where(abs_pos <= mid, rel.to(log_pos.dtype), log_pos * sign).long()
+
+
+class PositionProjections(nn.Module):
+    """One layer's own projections of the relative embeddings (``share_att_key: false``):
+    ``key`` when c2p is on, ``query`` when p2c is on (DeBERTa's pos_key_proj/pos_query_proj)."""
+
+    def __init__(self, d_model: int, n_heads: int, key: bool, query: bool, bias: bool):
+        super().__init__()
+        self.n_heads = n_heads
+        self.key = nn.Linear(d_model, d_model, bias=bias) if key else None
+        self.query = nn.Linear(d_model, d_model, bias=bias) if query else None
+
+    def forward(self, rel: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """``rel [N, D]`` -> (queries, keys), each ``[N, H, d]`` or None."""
+
+        def heads(proj: nn.Linear | None) -> Tensor | None:
+            return None if proj is None else proj(rel).view(rel.shape[0], self.n_heads, -1)
+
+        return heads(self.query), heads(self.key)
+
+
+class DisentangledBias:
+    """The c2p + p2c score bias of one layer, in the per-batch layout.
+
+    Positions are within each sequence (the per-batch layout left-aligns them), so one
+    ``[L, L]`` index serves every sequence::
+
+        idx[i, j] = clamp(bucket(i − j) + S, 0, 2S − 1)            i query, j key
+        c2p[b,h,i,j] = q[b,h,i] · Kr[idx[i,j],h] = gather(q @ Krᵀ [B,H,L,2S], idx)
+        p2c[b,h,i,j] = k[b,h,j] · Qr[idx[i,j],h] = gather(k @ Qrᵀ [B,H,L,2S], idxᵀ)ᵀ
+        bias = (c2p + p2c) · scale                                  [B, H, L, L]
+
+    (bucket(−r) = −bucket(r), so p2c's index, taken from key to query and negated, is idx.)
+    """
+
+    def __init__(self, ctx: DisentangledContext, attn: nn.Module):
+        self.ctx = ctx
+        self.attn = attn
+
+    def dense(self, stream, q: Tensor, k: Tensor) -> Tensor:
+        ctx, scheme = self.ctx, self.ctx.scheme
+        rel = F.dropout(ctx.rel, scheme.dropout, ctx.training)
+        own = getattr(self.attn, "positional", None)
+        q_rel, k_rel = own(rel) if own is not None else self.attn.project_qk(rel)  # [2S, H, d]
+        B, H, L, _ = q.shape
+        idx = scheme.relative_index(stream, L, q.device)
+        bias = None
+        if "c2p" in scheme.terms:
+            c2p = torch.matmul(q, k_rel.to(q.dtype).permute(1, 2, 0))  # [B, H, L, 2S]
+            bias = torch.gather(c2p, -1, idx.expand(B, H, L, L))
+        if "p2c" in scheme.terms:
+            p2c = torch.matmul(k, q_rel.to(k.dtype).permute(1, 2, 0))  # [B, H, L(keys), 2S]
+            p2c = torch.gather(p2c, -1, idx.t().expand(B, H, L, L)).transpose(-1, -2)
+            bias = p2c if bias is None else bias + p2c
+        return bias * ctx.scale(q.shape[-1])
+
+
+class DisentangledContext(PositionContext):
+    """One forward's relative embeddings (normalised once) and DeBERTa's scale."""
+
+    def __init__(self, scheme: Disentangled, rel: Tensor, training: bool):
+        self.scheme = scheme
+        self.rel = rel
+        self.training = training
+
+    def bias(self, attn: nn.Module) -> DisentangledBias | None:
+        return DisentangledBias(self, attn) if self.scheme.terms else None
+
+    def scale(self, head_dim: int) -> float:
+        return (head_dim * (1 + len(self.scheme.terms))) ** -0.5
+
+
+@register(
+    "positional",
+    "disentangled",
+    params=DisentangledParams,
+    provides={"bias"},
+    requires=[Requirement("kernel", ("bias",), "disentangled attention adds a dense c2p/p2c score bias")],
+)
+class Disentangled(PositionalScheme):
+    """Disentangled attention: content-to-position and position-to-content scores (DeBERTa).
+
+    He et al. 2020, arXiv:2006.03654 §3.1; log buckets and shared position keys as in
+    DeBERTa-v2/v3 (He et al. 2021, arXiv:2111.09543) and their ``transformers`` port.
+
+    Tokens carry no absolute position. One table of relative embeddings ``R [2S, D]``
+    (S = position_buckets, or max_relative_positions without buckets) is shared by every
+    layer and normalised once per forward; each layer projects it into position keys and
+    queries, with its own query/key projections (``share_att_key``) or with separate ones
+    that live in the layer (``attn.positional.{key,query}``). Scores become
+
+        (q_i·k_j + q_i·Kr[δ(i,j)] + k_j·Qr[δ(i,j)]) / sqrt(d · (1 + #terms))
+
+    where δ is the bucketed distance i − j within the sequence (see ``DisentangledBias``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        max_seq_len: int,
+        make_norm,
+        qkv_bias: bool,
+        pos_att_type: tuple[str, ...] = ("p2c", "c2p"),
+        position_buckets: int = 256,
+        max_relative_positions: int | None = None,
+        norm_rel_ebd: bool = True,
+        share_att_key: bool = True,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.d_model, self.n_heads, self.qkv_bias = d_model, n_heads, qkv_bias
+        self.terms = frozenset(pos_att_type)
+        self.buckets = position_buckets
+        self.max_position = max_relative_positions or max_seq_len
+        self.span = position_buckets if position_buckets > 0 else self.max_position
+        self.share_att_key = share_att_key
+        self.dropout = dropout
+        self.rel_embeddings = nn.Embedding(2 * self.span, d_model)
+        self.rel_embeddings.init_role = "embedding"
+        self.norm = make_norm() if norm_rel_ebd else None
+
+    def layer_module(self) -> PositionProjections | None:
+        if self.share_att_key or not self.terms:
+            return None
+        return PositionProjections(
+            self.d_model, self.n_heads, "c2p" in self.terms, "p2c" in self.terms, self.qkv_bias
+        )
+
+    def flops_per_query(self, d_model: int) -> int:
+        # each term scores a query (or key) against all 2S projected relative embeddings
+        return len(self.terms) * 2 * (2 * self.span) * d_model
+
+    def relative_index(self, stream, L: int, device) -> Tensor:
+        """``[L, L]`` rows of R for query i and key j, computed once per forward."""
+
+        def make():
+            pos = torch.arange(L, device=device)
+            rel = pos[:, None] - pos[None, :]
+            if self.buckets > 0:
+                rel = log_bucket(rel, self.buckets, self.max_position)
+            return (rel + self.span).clamp(0, 2 * self.span - 1)
+
+        return stream.cached(("disentangled", L, self.buckets, self.max_position, self.span, device), make)
+
+    def prepare(self, stream) -> DisentangledContext:
+        rel = self.rel_embeddings.weight
+        if self.norm is not None:
+            rel = self.norm(rel)
+        return DisentangledContext(self, rel, self.training)

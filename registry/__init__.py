@@ -39,3 +39,6 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'registry' has no attribute {name!r}")
+
+
+import blocks  # noqa: E402,F401  (fills REGISTRY; blocks import registry.core, defined above)

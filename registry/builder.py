@@ -66,7 +66,13 @@ def build(spec, head: str | None = None, init: bool = True) -> nn.Module:
         return construct(REGISTRY.get("activation", name))
 
     kernel = construct(REGISTRY.get("kernel", spec.kernel.kind), spec.kernel, **dims)
-    positional = construct(REGISTRY.get("positional", spec.positional.kind), spec.positional, **dims)
+    positional = construct(
+        REGISTRY.get("positional", spec.positional.kind),
+        spec.positional,
+        make_norm=make_norm,
+        qkv_bias=spec.bias.qkv,
+        **dims,
+    )
     mlp_entry = REGISTRY.get("mlp", spec.mlp.kind)
     pre = n.placement == "pre"
     layers = []
@@ -79,6 +85,7 @@ def build(spec, head: str | None = None, init: bool = True) -> nn.Module:
             spec.bias.qkv,
             spec.bias.attn_out,
             spec.dropout.attention,
+            positional=positional.layer_module(),
         )
         mlp = mlp_entry.obj(
             spec.d_model, spec.d_ff, make_act(spec.mlp.activation), spec.bias.mlp_in, spec.bias.mlp_out
@@ -112,6 +119,7 @@ def build(spec, head: str | None = None, init: bool = True) -> nn.Module:
             make_act=make_act,
             make_norm=make_norm,
             embedding=embeddings.tok,
+            encoder=encoder,
             dense_bias=spec.bias.head,
             decoder_bias=spec.bias.decoder,
             **dims,

@@ -6,9 +6,11 @@ sets a value. Setting a value is allowed for any key the spec knows, even one th
 does not state (defaults live in the params models), so ``model.x=`` overrides are passed to
 Hydra as ``++model.x=``; the spec then rejects unknown keys with the nearest match.
 
-When an override swaps a slot's block, the recipe's settings for the old block that the new
-block does not take are dropped (``modernbert-base model/positional=alibi`` drops the RoPE
-thetas); settings given explicitly on the command line are always kept and validated.
+When a recipe or an override swaps a slot's block, the inherited settings that belong to
+another block of that slot are dropped (``modernbert-base model/positional=alibi`` drops the
+RoPE thetas, as does a recipe that extends modernbert-base with ``override positional:
+alibi``). A key no block of the slot knows is still an error (a typo), and settings given
+explicitly on the command line are always kept and validated.
 """
 
 from __future__ import annotations
@@ -79,50 +81,57 @@ def _search_dir_for(recipe: str):
         yield recipe, None
 
 
-def hydra_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str], set[str]]:
-    """Rewrite user overrides for Hydra: (overrides, swapped slot -> name, explicit keys)."""
-    out, swapped, explicit = [], {}, set()
+def hydra_overrides(overrides: list[str], others: bool = False) -> tuple[list[str], set[str]]:
+    """Rewrite user overrides for Hydra: (overrides, keys set explicitly).
+
+    ``others``: pass overrides that are not about the model through unchanged (``train``);
+    otherwise they are an error (``inspect``, ``validate``)."""
+    out, explicit = [], set()
     for ov in overrides:
         if m := _GROUP.match(ov):
             slot, name = m["slot"], m["name"]
             if slot not in (*SLOT_FIELDS, "activation"):
                 raise SpecError(choice("model/<slot>", slot, [*SLOT_FIELDS, "activation"]))
-            if name not in REGISTRY.entries[slot]:
-                raise SpecError(choice(f"model/{slot}", name, REGISTRY.names(slot)))
-            if slot != "activation":
-                swapped[slot] = name
+            for one in name.split(","):  # a multirun sweep lists several
+                if one not in REGISTRY.entries[slot]:
+                    raise SpecError(choice(f"model/{slot}", one, REGISTRY.names(slot)))
             out.append(ov)
         elif m := _VALUE.match(ov):
             explicit.add(m["path"].strip())
             out.append(f"++model.{m['path']}={m['value']}")
+        elif others:
+            out.append(ov)
         else:
             raise SpecError(f"override: given {ov!r}, allowed: model/<slot>=<name> or model.<key>=<value>")
-    return out, swapped, explicit
+    return out, explicit
 
 
-def _reject_targets(node, path: str = "model") -> None:
+def reject_targets(node, path: str = "model") -> None:
+    """Refuse ``_target_`` anywhere: recipes cannot name Python objects to import or call."""
     if isinstance(node, dict):
         for k, v in node.items():
+            key = f"{path}.{k}" if path else str(k)
             if str(k) == "_target_":
                 raise SpecError(
-                    f"{path}._target_: given {v!r}, allowed: nothing; recipes choose "
-                    "model blocks by registry name and cannot name Python objects"
+                    f"{key}: given {v!r}, allowed: nothing; recipes choose blocks and "
+                    "settings by name and cannot name Python objects"
                 )
-            _reject_targets(v, f"{path}.{k}")
+            reject_targets(v, key)
     elif isinstance(node, list):
         for i, v in enumerate(node):
-            _reject_targets(v, f"{path}[{i}]")
+            reject_targets(v, f"{path}[{i}]")
 
 
-def _drop_foreign(model: dict, swapped: dict[str, str], explicit: set[str]) -> None:
-    """Drop the recipe's settings that a swapped-in block does not take (see module doc)."""
-    for slot, name in swapped.items():
+def _drop_foreign(model: dict, explicit: set[str]) -> None:
+    """Drop settings that belong to another block of the same slot (see module doc)."""
+    for slot in SLOT_FIELDS:
         node = model.get(slot)
-        if not isinstance(node, dict):
+        if not isinstance(node, dict) or node.get("kind") not in REGISTRY.entries[slot]:
             continue
-        known = REGISTRY.get(slot, name).params.model_fields
+        own = REGISTRY.get(slot, node["kind"]).params.model_fields
+        others = {f for e in REGISTRY.entries[slot].values() for f in e.params.model_fields}
         for key in list(node):
-            if key not in known and f"{slot}.{key}" not in explicit:
+            if key not in own and key in others and f"{slot}.{key}" not in explicit:
                 del node[key]
 
 
@@ -133,7 +142,7 @@ def compose_config(recipe: str, overrides: list[str] = ()) -> dict:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    hydra_ovs, swapped, explicit = hydra_overrides(list(overrides))
+    hydra_ovs, explicit = hydra_overrides(list(overrides))
     with _search_dir_for(recipe) as (name, extra):
         ovs = [f"model={name}", *hydra_ovs]
         if extra is not None:
@@ -152,9 +161,14 @@ def compose_config(recipe: str, overrides: list[str] = ()) -> dict:
         data = OmegaConf.to_container(model, resolve=True)
     except OmegaConfBaseException as e:
         raise SpecError(f"model: interpolation failed: {' '.join(str(e).split())[:300]}") from None
-    _reject_targets(data)
+    return finish_model_config(data, explicit)
+
+
+def finish_model_config(data: dict, explicit: set[str]) -> dict:
+    """Refuse ``_target_``; drop settings that belong to another block of a slot."""
+    reject_targets(data)
     data.pop("defaults", None)
-    _drop_foreign(data, swapped, explicit)
+    _drop_foreign(data, explicit)
     return data
 
 

@@ -119,6 +119,9 @@ def register(
             kind=(Literal[name], name),
         )
         model.__doc__ = params.__doc__
+        # importable under its name, so specs pickle (DDP spawn, multiprocessing launchers)
+        model.__module__ = __name__
+        globals()[model.__name__] = model
         REGISTRY.add(
             Entry(
                 slot=slot,

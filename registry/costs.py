@@ -2,7 +2,8 @@
 
 Counts come from the model itself, built on the meta device (exact, no memory). FLOPs are
 analytic: 2 per multiply-add of every linear layer, plus q·kᵀ and p·v (4·D per key a query
-sees; a local layer's queries see at most w // 2 keys each side, edges included exactly).
+sees; a local layer's queries see at most w // 2 keys each side, edges included exactly),
+plus what the positional scheme adds per query (DeBERTa's c2p/p2c products).
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from registry.builder import build, layer_plan
 
 def _linear_macs(module: nn.Module) -> int:
     return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
+
+
+def _token_linear_macs(layer: nn.Module) -> int:
+    """A layer's linear MACs per token. A positional scheme's per-layer projections
+    (``attn.positional``) act on its relative table once per forward, not on each token."""
+    own = getattr(layer.attn, "positional", None)
+    return _linear_macs(layer) - (0 if own is None else _linear_macs(own))
 
 
 def mean_keys(seq_len: int, window: int | None) -> float:
@@ -50,7 +58,7 @@ def fit_notes(spec) -> list[str]:
 
 def cost(spec, seq_len: int | None = None) -> dict:
     """Everything ``bertsmith inspect`` reports about ``spec`` besides the spec itself."""
-    L = seq_len or spec.max_seq_len
+    L = spec.max_seq_len if seq_len is None else seq_len
     with torch.device("meta"):
         model = build(spec, init=False)
     enc = model.encoder
@@ -61,8 +69,9 @@ def cost(spec, seq_len: int | None = None) -> dict:
         0 if model.head is None else sum(p.numel() for p in model.head.parameters() if id(p) not in body_ids)
     )
     plan = layer_plan(spec)
-    linear = sum(2 * _linear_macs(layer) for layer in enc.layers)
-    attention = sum(4 * spec.d_model * mean_keys(L, w) for w in plan)
+    linear = sum(2 * _token_linear_macs(layer) for layer in enc.layers)
+    positional = enc.embeddings.positional.flops_per_query(spec.d_model)
+    attention = sum(4 * spec.d_model * mean_keys(L, w) + positional for w in plan)
     head_flops = 0 if model.head is None else 2 * _linear_macs(model.head)
     return {
         "name": spec.name,

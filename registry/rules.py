@@ -55,6 +55,23 @@ def problems(spec, device: str | None = None, training: bool = False) -> list[st
         out.append(
             problem("model.positional.dim", dim, f"at most the head dimension {spec.d_model // spec.n_heads}")
         )
+    buckets = getattr(spec.positional, "position_buckets", 0)
+    if buckets == 1:
+        out.append(problem("model.positional.position_buckets", 1, "0 (no buckets) or at least 2"))
+    elif buckets > 1:
+        # log buckets run from mid = buckets // 2 out to the farthest distance, which must lie past mid
+        given = spec.positional.max_relative_positions
+        key, reach = (
+            ("model.positional.max_relative_positions", given)
+            if given is not None
+            else ("model.max_seq_len", spec.max_seq_len)
+        )
+        if reach - 1 <= buckets // 2:
+            out.append(
+                problem(
+                    key, reach, f"at least position_buckets // 2 + 2 = {buckets // 2 + 2} for log buckets"
+                )
+            )
     out += _requirement_problems(spec)
     out += _runtime_problems(spec, device, training)
     return out
