@@ -60,6 +60,8 @@ def _cmd_inspect(args) -> None:
     import registry
     from registry.spec import spec_dict
 
+    if args.seq_len is not None and args.seq_len < 1:
+        raise SpecError(f"--seq-len: given {args.seq_len}, allowed: a positive integer")
     spec = registry.validate(args.recipe, args.overrides)
     report = {"spec": spec_dict(spec), **registry.cost(spec, args.seq_len)}
     if args.json:
@@ -147,11 +149,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", **over)
     p.set_defaults(fn=_cmd_validate)
 
+    sub.add_parser(
+        "train",
+        add_help=False,
+        help="pre-train a recipe with Lightning (Hydra overrides; see `bertsmith train --help`)",
+    )
+
     p = sub.add_parser(
         "import-hf",
-        help="convert a transformers BERT/RoBERTa/ModernBERT directory",
+        help="convert a transformers BERT/RoBERTa/ModernBERT/DeBERTa-v2/v3 directory",
         description="Read a transformers directory (config.json + weights) of a BERT, "
-        "RoBERTa or ModernBERT model, base or masked-LM, and write a "
+        "RoBERTa, ModernBERT or DeBERTa-v2/v3 model, base or masked-LM, and write a "
         "bertsmith model directory (spec.yaml + model.safetensors). "
         "Never runs code from the directory.",
     )
@@ -163,6 +171,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "train":  # a Hydra app: its arguments are overrides, not flags
+        from train.app import main as train_main
+
+        return train_main(argv[1:])
     args = parser().parse_args(argv)
     try:
         args.fn(args)

@@ -1,0 +1,233 @@
+"""`bertsmith train` end to end: every family, resume after a kill, DDP, bad input."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import registry
+from train.callbacks import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = [
+    "data.max_docs=300",
+    "data.max_val_docs=16",
+    "data.seq_len=64",
+    "data.batch_size=4",
+    "tokenizer.vocab_size=512",
+    "trainer.progress=false",
+    "trainer.log_every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def train(run_dir, *overrides, cache, wait=True):
+    cmd = [sys.executable, "-m", "train.cli", "train", *SMALL, f"hydra.run.dir={run_dir}", *overrides]
+    env = {**os.environ, "BERTSMITH_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+FAMILY_EXTRAS = {  # each family also exercises one trainer feature
+    "modernbert": [],
+    "roberta": ["trainer.precision=bf16-mixed"],
+    "bert": ["schedule.batch_warmup_steps=2"],
+    "mosaicbert": ["trainer.accumulate=2"],
+}
+
+
+@pytest.mark.parametrize("pretrain", list(FAMILY_EXTRAS))
+def test_each_family_trains_and_writes_a_run_dir(pretrain, tmp_path, cache):
+    run = train(
+        tmp_path / "run",
+        f"pretrain={pretrain}",
+        "trainer.max_steps=4",
+        "trainer.val_every=2",
+        "trainer.checkpoint.every_n_steps=2",
+        *FAMILY_EXTRAS[pretrain],
+        cache=cache,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    d = tmp_path / "run"
+    for name in (
+        "spec.yaml",
+        "config.yaml",
+        "tokenizer.json",
+        "metrics.csv",
+        "model/spec.yaml",
+        "model/model.safetensors",
+        "model/tokenizer.json",
+        "checkpoints/last.ckpt",
+        "checkpoints/step=2.ckpt",
+        "checkpoints/step=4.ckpt",
+    ):
+        assert (d / name).is_file(), name
+    rows = read_metrics(d / "metrics.csv")
+    assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4]
+    if pretrain == "bert":
+        assert all("val_nsp_acc" in r for r in rows if "val_loss" in r)
+    spec = registry.load_spec(d / "spec.yaml")
+    assert spec.vocab_size % 64 == 0 and spec.vocab_size >= 512 - 64
+    expected_head = "nsp" if pretrain == "bert" else "mlm"
+    assert spec.head.kind == expected_head
+    assert registry.load(d / "model").spec == spec
+    assert "val MLM loss" in run.stdout and str(d / "model") in run.stdout
+
+
+def test_resume_after_sigkill_gives_the_same_metrics(tmp_path, cache):
+    common = [
+        "trainer.max_steps=10",
+        "trainer.val_every=5",
+        "trainer.checkpoint.every_n_steps=2",
+        "model.n_layers=2",
+    ]
+    full = train(tmp_path / "full", *common, cache=cache)
+    assert full.returncode == 0, full.stderr[-2000:]
+    proc = train(tmp_path / "cut", *common, cache=cache, wait=False)
+    ckpt = tmp_path / "cut" / "checkpoints" / "step=4.ckpt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "model").exists()
+    again = train(tmp_path / "cut", *common, "resume=true", cache=cache)
+    assert again.returncode == 0, again.stderr[-2000:]
+
+    def comparable(path):
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_metrics(path)]
+
+    assert comparable(tmp_path / "cut" / "metrics.csv") == comparable(tmp_path / "full" / "metrics.csv")
+
+
+def test_two_cpu_processes_with_ddp(tmp_path, cache):
+    run = train(
+        tmp_path / "ddp",
+        "trainer.devices=2",
+        "trainer.accelerator=cpu",
+        "trainer.max_steps=3",
+        "trainer.val_every=3",
+        "model.n_layers=2",
+        cache=cache,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = read_metrics(tmp_path / "ddp" / "metrics.csv")
+    assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3]
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+
+
+def test_recipe_file_as_model(tmp_path, cache):
+    recipe = tmp_path / "mine.yaml"
+    recipe.write_text(
+        "defaults:\n  - modernbert-tiny\n  - override positional: alibi\n  - _self_\n"
+        "name: mine\nn_layers: 2\n"
+    )
+    run = train(
+        tmp_path / "run", f"model={recipe}", "trainer.max_steps=2", "trainer.val_every=2", cache=cache
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    spec = registry.load_spec(tmp_path / "run" / "spec.yaml")
+    assert (spec.name, spec.positional.kind, spec.n_layers) == ("mine", "alibi", 2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["data=files", "data.path=/nonexistent/corpus"], "data.path"),
+        (["pretrain=bert", "data.seq_len=1024"], "data.seq_len"),
+        (["trainer.max_stps=5"], "trainer.max_stps"),
+        (["optim=adamx"], "optim"),
+        (["objective.mask_ratio=1.5"], "objective.mask_ratio"),
+        (["model/positional=rop"], "model/positional"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(overrides, key, tmp_path, cache):
+    run = train(tmp_path / "run", *overrides, cache=cache)
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n   \n", b"text \xff\xfe here\n"])
+def test_bad_corpus_is_one_line_and_exit_2(content, tmp_path, cache):
+    (tmp_path / "corpus.txt").write_bytes(content)
+    run = train(tmp_path / "run", "data=files", f"data.path={tmp_path / 'corpus.txt'}", cache=cache)
+    assert run.returncode == 2, run.stderr[-2000:]
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: data"), run.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path, cache):
+    first = train(
+        tmp_path / "run", "trainer.max_steps=2", "trainer.val_every=2", "model.n_layers=2", cache=cache
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    second = train(
+        tmp_path / "run", "trainer.max_steps=2", "trainer.val_every=2", "model.n_layers=2", cache=cache
+    )
+    assert second.returncode == 2
+    assert "resume=true" in second.stderr
+    after = {
+        p: p.stat().st_mtime_ns
+        for p in (tmp_path / "run").rglob("*")
+        if p.is_file() and ".hydra" not in str(p)
+    }
+    assert all(before[p] == after[p] for p in after)
+
+
+def test_streaming_corpus(tmp_path, cache):
+    import json
+
+    docs = [
+        json.dumps({"text": f"Document {i} says that the value of item {i} is {i * i}."}) for i in range(400)
+    ]
+    (tmp_path / "c.jsonl").write_text("\n".join(docs))
+    run = train(
+        tmp_path / "run",
+        "data=hf",
+        f"data.name={tmp_path / 'c.jsonl'}",
+        "data.streaming=true",
+        "data.val_fraction=0.1",
+        "trainer.max_steps=3",
+        "trainer.val_every=3",
+        "model.n_layers=2",
+        cache=cache,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3]
+
+
+def test_multirun_puts_each_job_in_the_sweep_dir(tmp_path, cache):
+    run = train(
+        tmp_path / "unused",
+        "-m",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        "seed=0,1",
+        "trainer.max_steps=2",
+        "trainer.val_every=2",
+        "model.n_layers=2",
+        cache=cache,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    losses = []
+    for job in ("0", "1"):
+        d = tmp_path / "sweep" / job
+        assert (d / "model" / "model.safetensors").is_file()
+        losses.append([r["train_loss"] for r in read_metrics(d / "metrics.csv") if "train_loss" in r])
+    assert losses[0] != losses[1]  # the seed is a real axis

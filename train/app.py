@@ -1,0 +1,182 @@
+"""``bertsmith train``: the Hydra app that pre-trains any recipe with Lightning.
+
+    bertsmith train [model=NAME] [pretrain=FAMILY] [group.key=value ...] [-m]
+
+The run directory (``hydra.run.dir``; one per job under ``hydra.sweep.dir`` with ``-m``)
+receives ``spec.yaml``, ``config.yaml`` (everything resolved), ``tokenizer.json``,
+``checkpoints/`` (``step=N.ckpt`` every ``trainer.checkpoint.every_n_steps`` and ``last.ckpt``),
+``metrics.csv`` and, at the end, ``model/`` in ``registry.save`` format. ``resume=true`` with
+the same run directory continues from ``last.ckpt`` exactly (data order, schedule, RNG).
+
+Before Hydra starts a single run, the whole configuration is composed and checked, so a
+mistake costs one line and exit code 2 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from registry.composer import RECIPES, finish_model_config, hydra_overrides, reject_targets
+from registry.errors import SpecError, choice, nearest
+
+GROUPS = ("model", "data", "tokenizer", "objective", "optim", "schedule", "trainer", "pretrain")
+_CHOICE = re.compile(r"^(?P<group>[a-z_]+)=(?P<value>[^=]*)$")
+_DOTTED = re.compile(r"^(?P<group>[a-z_]+)\.(?P<rest>[^=]+)=(?P<value>.*)$", re.S)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (RECIPES / group).glob("*.yaml"))
+
+
+def prepare_overrides(args: list[str], tmp: Path) -> list[str]:
+    """Check group choices, let any key of a training group be set (``++``), and turn
+    ``model=PATH.yaml`` into a search path entry."""
+    ovs, _ = hydra_overrides([a for a in args if not a.startswith("-")], others=True)
+    out = []
+    for ov in ovs:
+        if (m := _CHOICE.match(ov)) and m["group"] in GROUPS:
+            group, value = m["group"], m["value"]
+            if group == "model" and (value.endswith((".yaml", ".yml")) or "/" in value):
+                from registry.composer import read_recipe_file
+
+                path = Path(value).expanduser().resolve()
+                read_recipe_file(path)
+                (tmp / "model").mkdir(exist_ok=True)
+                name = "_file_" + re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)
+                shutil.copyfile(path, tmp / "model" / f"{name}.yaml")
+                out += [f"model={name}", f"hydra.searchpath=[file://{tmp}]"]
+                continue
+            for one in value.split(","):
+                if one not in _options(group):
+                    raise SpecError(choice(group, one, _options(group)))
+            out.append(ov)
+        elif (m := _DOTTED.match(ov)) and m["group"] in GROUPS[1:-1]:
+            out.append(f"++{ov}")
+        elif (m := _CHOICE.match(ov)) and m["group"] not in ("seed", "resume") and "." not in m["group"]:
+            known = [*GROUPS, "seed", "resume"]
+            raise SpecError(
+                f"{m['group']}: unknown key; allowed: {', '.join(known)}{nearest(m['group'], known)}"
+            )
+        else:
+            out.append(ov)
+    return out + [a for a in args if a.startswith("-")]
+
+
+def parse_config(cfg: DictConfig, task_overrides: list[str]):
+    """(EncoderSpec, TrainConfig) from a composed ``train`` config."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from registry.spec import parse_spec
+    from train.config import parse_train_config
+
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise SpecError(f"config: interpolation failed: {' '.join(str(e).split())[:200]}") from None
+    data.pop("hydra", None)
+    _, explicit = hydra_overrides(list(task_overrides), others=True)
+    model = finish_model_config(data.pop("model"), explicit)
+    reject_targets(data, "")
+    data.pop("pretrain", None)
+    return parse_spec(model), parse_train_config(data)
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose and validate a single run's config before Hydra starts it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = [o for o in overrides if not o.startswith("-")]
+    try:
+        with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=plain)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise SpecError(_hydra_line(str(e))) from None
+    from train.loop import cheap_checks
+
+    cheap_checks(*parse_config(cfg, [o for o in plain if not o.startswith("hydra.")]))
+
+
+def _hydra_line(msg: str) -> str:
+    msg = " ".join(msg.split())
+    if m := re.search(r"Could not override '([^']+)'.*?Key '([^']+)' is not in struct", msg):
+        return f"{m[1]}: unknown key"
+    return f"config: {msg[:300]}"
+
+
+def main(args: list[str]) -> int:
+    """Entry point of ``bertsmith train``; returns the exit code."""
+    import hydra
+
+    tmp = Path(tempfile.mkdtemp(prefix="bertsmith-train-"))
+    try:
+        helpish = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args)
+        try:
+            overrides = prepare_overrides(args, tmp)
+            if not helpish and not any(a in ("-m", "--multirun") for a in args):
+                precheck(overrides)
+        except SpecError as e:
+            for line in e.lines:
+                print(f"error: {line}", file=sys.stderr)
+            return 2
+
+        @hydra.main(config_path=str(RECIPES), config_name="train", version_base="1.3")
+        def _entry(cfg: DictConfig):
+            return _run_job(cfg)
+
+        saved = sys.argv
+        sys.argv = ["bertsmith train", *overrides]
+        try:
+            _entry()
+        except SystemExit as e:
+            return int(e.code or 0)
+        finally:
+            sys.argv = saved
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_job(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    try:
+        return run(cfg)
+    except SpecError as e:
+        for line in e.lines:
+            print(f"error: {line}", file=sys.stderr)
+        if multirun:  # one bad job must not end the sweep; its run dir says why
+            out = Path(HydraConfig.get().runtime.output_dir)
+            (out / "FAILED").write_text("\n".join(e.lines) + "\n")
+            return None
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}; the last good checkpoint is kept in checkpoints/", file=sys.stderr)
+        if multirun:
+            (Path(HydraConfig.get().runtime.output_dir) / "FAILED").write_text(f"{e}\n")
+            return None
+        sys.exit(1)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train one job; returns its summary (also printed)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from train.loop import train
+
+    hc = HydraConfig.get()
+    spec, tcfg = parse_config(cfg, list(hc.overrides.task))
+    run_dir = Path(hc.runtime.output_dir)
+    t0 = time.time()
+    summary = train(spec, tcfg, run_dir, OmegaConf.to_container(cfg, resolve=True))
+    summary["wall_s"] = round(time.time() - t0, 1)
+    return summary

@@ -1,0 +1,168 @@
+"""Typed training configuration: the non-model groups of ``recipes/train.yaml``.
+
+The model group becomes an ``EncoderSpec`` (``registry``); everything else is checked here
+with the same one-line errors (key, given, allowed, nearest match).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from registry.errors import SpecError, nearest
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Cfg):
+    """Where text comes from and how it becomes batches (see ``train.corpus``)."""
+
+    source: Literal["stdlib", "files", "hf"] = "stdlib"
+    path: str | None = None
+    name: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    streaming: bool = False
+    errors: Literal["strict", "replace"] = "strict"
+    val_fraction: float = Field(0.05, gt=0, lt=1)
+    max_val_docs: int = Field(256, ge=1)
+    max_docs: int | None = Field(None, ge=1)
+    tokenizer_docs: int = Field(50000, ge=1)
+    seq_len: int = Field(128, ge=8)
+    batch_size: int = Field(16, ge=1, description="packed rows of seq_len tokens per micro-batch")
+
+
+class TokenizerConfig(_Cfg):
+    kind: Literal["bpe", "wordpiece", "file"] = "bpe"
+    vocab_size: int = Field(8192, ge=64)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = True
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _path(self):
+        if self.kind == "file" and not self.path:
+            raise ValueError("path: given None, allowed: a tokenizer.json or directory (kind=file)")
+        return self
+
+
+class ObjectiveConfig(_Cfg):
+    """MLM with 80/10/10 replacement; dynamic (RoBERTa) or static (BERT) masks; optional NSP."""
+
+    mask_ratio: float = Field(0.15, gt=0, lt=1)
+    eval_mask_ratio: float = Field(0.15, gt=0, lt=1)
+    mask_token: float = Field(0.8, ge=0, le=1)
+    random_token: float = Field(0.1, ge=0, le=1)
+    masking: Literal["dynamic", "static"] = "dynamic"
+    nsp: bool = False
+
+    @model_validator(mode="after")
+    def _split(self):
+        if self.mask_token + self.random_token > 1:
+            raise ValueError(
+                f"random_token: given {self.random_token}, allowed: at most "
+                f"1 - mask_token = {1 - self.mask_token:g}"
+            )
+        return self
+
+
+class OptimConfig(_Cfg):
+    kind: Literal["adamw", "stableadamw"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+
+
+class ScheduleConfig(_Cfg):
+    """Warmup (a fraction of max_steps if < 1, else steps), then the shape; ``wsd`` holds the
+    peak and decays over the last ``decay`` fraction with ``decay_shape``."""
+
+    kind: Literal["constant", "linear", "cosine", "wsd"] = "linear"
+    warmup: float = Field(0.06, ge=0)
+    decay: float = Field(0.2, gt=0, le=1)
+    decay_shape: Literal["1-sqrt", "linear"] = "1-sqrt"
+    min_ratio: float = Field(0.0, ge=0, le=1)
+    batch_warmup_steps: int = Field(0, ge=0)
+    batch_warmup_start: float = Field(0.25, gt=0, le=1)
+
+
+class CheckpointConfig(_Cfg):
+    every_n_steps: int = Field(100, ge=1)
+
+
+class TrainerConfig(_Cfg):
+    max_steps: int = Field(300, ge=1)
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    accumulate: int = Field(1, ge=1)
+    clip: float | None = Field(1.0, gt=0)
+    val_every: int = Field(50, ge=1)
+    log_every: int = Field(10, ge=1)
+    compile: bool = False
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int = Field(1, ge=1)
+    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+
+
+class TrainConfig(_Cfg):
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    seed: int = 0
+    resume: bool = False
+
+
+GROUPS = {
+    "data": DataConfig,
+    "tokenizer": TokenizerConfig,
+    "objective": ObjectiveConfig,
+    "optim": OptimConfig,
+    "schedule": ScheduleConfig,
+    "trainer": TrainerConfig,
+}
+
+
+def _fields(loc: tuple) -> list[str]:
+    model = TrainConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def parse_train_config(data: dict) -> TrainConfig:
+    """Validate the training groups; ``SpecError`` with one line per problem."""
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(str(x) for x in err["loc"])
+            key = ".".join(loc)
+            if err["type"] == "extra_forbidden":
+                allowed = _fields(loc)
+                lines.append(f"{key}: unknown key; allowed: {', '.join(allowed)}{nearest(loc[-1], allowed)}")
+                continue
+            msg = err["msg"]
+            for lead in ("Input should be ", "Value error, "):
+                msg = msg.removeprefix(lead)
+            if ": given " in msg:  # our validators name the sub-key themselves
+                lines.append(f"{key + '.' if key else ''}{msg}")
+            else:
+                lines.append(f"{key}: given {err.get('input')!r}, allowed: {msg}")
+        raise SpecError(dict.fromkeys(lines)) from None
