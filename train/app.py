@@ -26,7 +26,21 @@ from omegaconf import DictConfig, OmegaConf
 from registry.composer import RECIPES, finish_model_config, hydra_overrides, reject_targets
 from registry.errors import SpecError, choice, nearest
 
-GROUPS = ("model", "data", "tokenizer", "objective", "optim", "schedule", "trainer", "pretrain")
+SETTINGS = ("data", "tokenizer", "objective", "optim", "schedule", "trainer")  # typed in train.config
+GROUPS = ("model", *SETTINGS, "pretrain", "ablation", "sweep", "launcher")
+_FLAG_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
 _CHOICE = re.compile(r"^(?P<group>[a-z_]+)=(?P<value>[^=]*)$")
 _DOTTED = re.compile(r"^(?P<group>[a-z_]+)\.(?P<rest>[^=]+)=(?P<value>.*)$", re.S)
 
@@ -38,7 +52,16 @@ def _options(group: str) -> list[str]:
 def prepare_overrides(args: list[str], tmp: Path) -> list[str]:
     """Check group choices, let any key of a training group be set (``++``), and turn
     ``model=PATH.yaml`` into a search path entry."""
-    ovs, _ = hydra_overrides([a for a in args if not a.startswith("-")], others=True)
+    flags, plain = [], []
+    it = iter(args)
+    for a in it:
+        if a.startswith("-"):
+            flags.append(a)
+            if a in _FLAG_WITH_VALUE:
+                flags.append(next(it, ""))
+        else:
+            plain.append(a)
+    ovs, _ = hydra_overrides(plain, others=True)
     out = []
     for ov in ovs:
         if (m := _CHOICE.match(ov)) and m["group"] in GROUPS:
@@ -57,16 +80,20 @@ def prepare_overrides(args: list[str], tmp: Path) -> list[str]:
                 if one not in _options(group):
                     raise SpecError(choice(group, one, _options(group)))
             out.append(ov)
-        elif (m := _DOTTED.match(ov)) and m["group"] in GROUPS[1:-1]:
+        elif (m := _DOTTED.match(ov)) and m["group"] in SETTINGS:
             out.append(f"++{ov}")
-        elif (m := _CHOICE.match(ov)) and m["group"] not in ("seed", "resume") and "." not in m["group"]:
-            known = [*GROUPS, "seed", "resume"]
+        elif (
+            (m := _CHOICE.match(ov))
+            and m["group"] not in ("seed", "resume", "init_from")
+            and "." not in m["group"]
+        ):
+            known = [*GROUPS, "seed", "resume", "init_from"]
             raise SpecError(
                 f"{m['group']}: unknown key; allowed: {', '.join(known)}{nearest(m['group'], known)}"
             )
         else:
             out.append(ov)
-    return out + [a for a in args if a.startswith("-")]
+    return out + flags
 
 
 def parse_config(cfg: DictConfig, task_overrides: list[str]):
@@ -85,7 +112,13 @@ def parse_config(cfg: DictConfig, task_overrides: list[str]):
     model = finish_model_config(data.pop("model"), explicit)
     reject_targets(data, "")
     data.pop("pretrain", None)
-    return parse_spec(model), parse_train_config(data)
+    spec, tcfg = parse_spec(model), parse_train_config(data)
+    if tcfg.init_from and any(re.match(r"^\+{0,2}model[./=]", o) for o in task_overrides):
+        raise SpecError(
+            f"init_from: given {tcfg.init_from!r} together with model overrides, allowed: "
+            "init_from alone (its spec decides the architecture) or model overrides alone"
+        )
+    return spec, tcfg
 
 
 def precheck(overrides: list[str]) -> None:
@@ -148,9 +181,13 @@ def main(args: list[str]) -> int:
 def _run_job(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
-    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    hc = HydraConfig.get()
+    multirun = hc.mode.name == "MULTIRUN"
     try:
-        return run(cfg)
+        summary = run(cfg)
+        if "optuna" in str(hc.sweeper.get("_target_", "")):  # Optuna minimises one number
+            return summary["val_loss"]
+        return summary
     except SpecError as e:
         for line in e.lines:
             print(f"error: {line}", file=sys.stderr)
@@ -177,6 +214,4 @@ def run(cfg: DictConfig) -> dict:
     spec, tcfg = parse_config(cfg, list(hc.overrides.task))
     run_dir = Path(hc.runtime.output_dir)
     t0 = time.time()
-    summary = train(spec, tcfg, run_dir, OmegaConf.to_container(cfg, resolve=True))
-    summary["wall_s"] = round(time.time() - t0, 1)
-    return summary
+    return train(spec, tcfg, run_dir, OmegaConf.to_container(cfg, resolve=True), started=t0)

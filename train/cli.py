@@ -104,6 +104,42 @@ def _cmd_import_hf(args) -> None:
     )
 
 
+def _cmd_compare(args) -> None:
+    from train.compare import compare
+
+    result = compare(args.sweep_dir, args.metric)
+    print(result["table"], end="")
+    d = args.sweep_dir.rstrip("/")
+    print(f"\nwrote {d}/summary.md, {d}/summary.csv, " + ", ".join(str(p) for p in result["images"]))
+    if result["best_run"] is not None:
+        print(
+            f"export the best variant's recipe:\n  bertsmith export {result['best_run']} --to recipe --out best.yaml"
+        )
+
+
+def _cmd_export(args) -> None:
+    from train.export import export_hf, export_recipe
+
+    if args.to == "recipe":
+        if args.remote_code:
+            raise SpecError("--remote-code: given with --to recipe, allowed: only with --to hf")
+        spec = export_recipe(args.source, args.out)
+        print(f"exported recipe {args.out} ({spec.name}); train it with: bertsmith train model={args.out}")
+        return
+    plan, diffs = export_hf(args.source, args.out, remote_code=args.remote_code)
+    worst = max(diffs.values(), default=0.0)
+    if plan.kind == "native":
+        print(
+            f"exported {args.out} as transformers {plan.arch}; outputs match bertsmith's within {worst:.1e}"
+        )
+    else:
+        print(
+            f"exported {args.out} as remote code ({plan.arch}, load with trust_remote_code=True); "
+            f"outputs match bertsmith's within {worst:.1e}"
+            + (f"\n  why not a transformers class: {plan.reason}" if plan.reason else "")
+        )
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="bertsmith",
@@ -149,6 +185,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", **over)
     p.set_defaults(fn=_cmd_validate)
 
+    p = sub.add_parser(
+        "compare",
+        help="table and plots of a sweep (mean ± std over seeds, best marked)",
+        description="Read every run of SWEEP_DIR (finished, failed or still running) and write "
+        "summary.md, summary.csv, val_loss.png and quality_vs_throughput.png there: one row "
+        "per variant (what its overrides change from the sweep's base), seeds averaged.",
+    )
+    p.add_argument("sweep_dir")
+    p.add_argument(
+        "--metric",
+        default="val_loss",
+        choices=["val_loss", "val_mlm_acc"],
+        help="what picks the best variant (default: val_loss, lower is better)",
+    )
+    p.set_defaults(fn=_cmd_compare)
+
     sub.add_parser(
         "train",
         add_help=False,
@@ -167,6 +219,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--name", default=None, help="spec name (default: the directory's name)")
     p.set_defaults(fn=_cmd_import_hf)
+
+    p = sub.add_parser(
+        "export",
+        help="a run or model directory as a standalone recipe or a transformers directory",
+        description="--to recipe: write the spec as a standalone recipe YAML (every slot and size "
+        "stated; `bertsmith train model=FILE` trains it). --to hf: write a transformers "
+        "directory (config.json, model.safetensors, tokenizer files, README.md model card): the "
+        "transformers class where the spec is exactly BERT, RoBERTa, DeBERTa-v2/v3 or ModernBERT, "
+        "otherwise remote code (modeling_bertsmith.py; trust_remote_code=True). The export is "
+        "loaded back and checked against bertsmith's outputs before it appears at --out.",
+    )
+    p.add_argument("source", metavar="RUN_DIR|MODEL_DIR")
+    p.add_argument("--to", required=True, choices=["recipe", "hf"], help="what to write")
+    p.add_argument("--out", required=True, help="a .yaml file (recipe) or a new directory (hf)")
+    p.add_argument(
+        "--remote-code",
+        action="store_true",
+        help="--to hf: write remote code even where a transformers class holds the model",
+    )
+    p.set_defaults(fn=_cmd_export)
     return ap
 
 

@@ -119,6 +119,7 @@ class TrainConfig(_Cfg):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     seed: int = 0
     resume: bool = False
+    init_from: str | None = None  # a model directory to start from (train.init_from)
 
 
 GROUPS = {

@@ -121,7 +121,7 @@ def _modernbert_spec(cfg, name: str, head: str | None) -> dict:
             )
     attention = (
         {"kind": "global"}
-        if every >= len(types)
+        if "sliding_attention" not in types  # not `every >= len`: [full, sliding, sliding] is local
         else {"kind": "alternating", "window": cfg.local_attention, "global_every": every}
     )
     return dict(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -18,7 +20,7 @@ import registry
 from registry.errors import SpecError
 from registry.io import atomic_write
 from registry.spec import parse_spec, spec_dict
-from train import corpus
+from train import corpus, init_from
 from train.callbacks import AtomicCheckpointIO, MetricsCSV, StepProgressBar, read_metrics
 from train.data import Data, StreamingBatches, build_data
 from train.module import PretrainModule
@@ -45,6 +47,36 @@ class PretrainDataModule(L.LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.data.val, batch_size=None)
+
+
+class PeakRSS:
+    """The largest resident set size of this process while the block runs, sampled every
+    50 ms (jobs of a sweep may share a process, so the process-lifetime peak would mislead)."""
+
+    def __enter__(self):
+        self.max_bytes, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            self.max_bytes = max(self.max_bytes, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:  # not Linux: fall back to the process-lifetime peak
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.max_bytes = max(self.max_bytes, self._rss())
 
 
 def check_run_dir(run_dir: Path, resume: bool, params: int) -> Path | None:
@@ -77,6 +109,8 @@ def check_run_dir(run_dir: Path, resume: bool, params: int) -> Path | None:
 
 def cheap_checks(spec, tcfg) -> None:
     """What can be checked before any data is read or anything is written."""
+    if tcfg.init_from:  # the model directory's spec replaces the recipe's
+        spec = init_from.spec_of(tcfg)
     entry = registry.REGISTRY.get("positional", spec.positional.kind)
     if "bounded" in entry.provides and tcfg.data.seq_len > spec.max_seq_len:
         raise SpecError(
@@ -108,8 +142,9 @@ def _device(tcfg) -> str:
     return "cuda" if acc == "gpu" or (acc == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def train(spec, tcfg, run_dir: Path, resolved: dict) -> dict:
-    """Run one pre-training job in ``run_dir``; returns the summary."""
+def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = None) -> dict:
+    """Run one pre-training job in ``run_dir``; returns the summary (also ``summary.json``)."""
+    started = time.time() if started is None else started
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no banner lines around our output
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation
@@ -117,11 +152,19 @@ def train(spec, tcfg, run_dir: Path, resolved: dict) -> dict:
         torch.set_num_threads(tcfg.trainer.threads)
     cheap_checks(spec, tcfg)
     L.seed_everything(tcfg.seed, workers=True, verbose=False)
+    initial = None
+    if tcfg.init_from:  # weights, spec and tokenizer from a model directory
+        initial, tcfg = init_from.load(tcfg)
+        resolved = {**resolved, "tokenizer": tcfg.tokenizer.model_dump()}
     data = build_data(tcfg, tcfg.seed)
-    spec = fit_spec_to_data(spec, data)
+    spec = fit_spec_to_data(spec, data) if initial is None else init_from.fit(initial, data)
     registry.check(spec, device=_device(tcfg), training=True)
-    model = registry.build(spec)
+    model = registry.build(spec) if initial is None else initial
     n_params = sum(p.numel() for p in model.parameters())
+    done = run_dir / "summary.json"
+    if tcfg.resume and done.exists() and (run_dir / "model" / "model.safetensors").exists():
+        print(f"bertsmith: {run_dir} already finished; nothing to resume")  # a re-run sweep skips it
+        return json.loads(done.read_text())
     ckpt = check_run_dir(run_dir, tcfg.resume, n_params)
     if tcfg.resume and ckpt is None:
         print(f"bertsmith: resume=true but {run_dir} has no checkpoint yet; starting fresh")
@@ -135,8 +178,12 @@ def train(spec, tcfg, run_dir: Path, resolved: dict) -> dict:
 
     is_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0
     if is_zero:
-        resolved = {**resolved, "model": spec_dict(spec)}
-        resolved.pop("hydra", None)
+        # every setting, defaults included, so the run can be read without this version's code
+        resolved = {
+            "model": spec_dict(spec),
+            **tcfg.model_dump(mode="json"),
+            **{k: v for k, v in resolved.items() if k not in ("model", "hydra", *tcfg.model_fields)},
+        }
         atomic_write(run_dir / "spec.yaml", lambda p: p.write_text(registry.io.spec_to_yaml(spec)))
         atomic_write(
             run_dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -184,7 +231,8 @@ def train(spec, tcfg, run_dir: Path, resolved: dict) -> dict:
     )
     dm = PretrainDataModule(data, t.accumulate)
     start = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    with PeakRSS() as peak:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
     train_s = time.time() - start
     if trainer.global_step % t.val_every:
         trainer.validate(module, datamodule=dm, verbose=False)
@@ -195,7 +243,14 @@ def train(spec, tcfg, run_dir: Path, resolved: dict) -> dict:
         run_dir / "model",
         tokenizer=run_dir / "tokenizer.json",
     )
-    return summarize(run_dir, model_dir, data, train_s)
+    summary = summarize(run_dir, model_dir, data, train_s)
+    summary["params"] = n_params
+    summary["wall_s"] = round(time.time() - started, 1)
+    summary["peak_rss_mb"] = round(peak.max_bytes / 2**20, 1)
+    if torch.cuda.is_available():
+        summary["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    atomic_write(done, lambda p: p.write_text(json.dumps(summary, indent=2)))
+    return summary
 
 
 def summarize(run_dir: Path, model_dir: Path, data: Data, train_s: float) -> dict:

@@ -1,0 +1,167 @@
+"""A real 2x2 grid, end to end: train -m, then compare; the table against the runs' metrics."""
+
+import csv
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import registry
+from train.callbacks import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = [
+    "data.max_docs=300",
+    "data.max_val_docs=16",
+    "data.seq_len=64",
+    "data.batch_size=4",
+    "tokenizer.vocab_size=512",
+    "trainer.progress=false",
+    "trainer.max_steps=4",
+    "trainer.val_every=2",
+    "trainer.log_every=1",
+    "model.n_layers=2",
+]
+
+
+def cli(*args, cache):
+    env = {**os.environ, "BERTSMITH_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "train.cli", *args], capture_output=True, text=True, env=env, timeout=900
+    )
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    sweep = root / "sweep"
+    run = cli(
+        "train",
+        "-m",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "model/positional=rope,alibi",
+        "seed=0,1",
+        cache=root / "cache",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return sweep, root / "cache"
+
+
+def test_table_rows_match_the_runs(grid):
+    sweep, cache = grid
+    out = cli("compare", str(sweep), cache=cache)
+    assert out.returncode == 0, out.stderr
+    with (sweep / "summary.csv").open() as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"model/positional=rope", "model/positional=alibi"}
+    for positional, row in rows.items():
+        runs = [
+            d
+            for d in sweep.iterdir()
+            if d.is_dir() and f"- {positional}" in (d / ".hydra" / "overrides.yaml").read_text()
+        ]
+        assert len(runs) == 2 and row["runs"] == "2" and row["status"] == "finished"
+        losses = [
+            [r for r in read_metrics(d / "metrics.csv") if "val_loss" in r][-1]["val_loss"] for d in runs
+        ]
+        assert float(row["val_loss"]) == pytest.approx(statistics.fmean(losses), rel=1e-9)
+        assert float(row["val_loss_std"]) == pytest.approx(statistics.stdev(losses), rel=1e-6)
+        spec = registry.load_spec(runs[0] / "spec.yaml")
+        assert int(row["params"]) == registry.cost(spec)["params"]["total"]
+        assert int(row["flops_per_token"]) == registry.cost(spec, 64)["flops_per_token"]["encoder"]
+    best = min(rows.values(), key=lambda r: float(r["val_loss"]))
+    assert best["best"] == "True" and sum(r["best"] == "True" for r in rows.values()) == 1
+    assert "(best)" in (sweep / "summary.md").read_text()
+    assert "bertsmith export" in out.stdout and "--to recipe" in out.stdout
+
+
+def test_plots_are_real_images(grid):
+    import matplotlib.image as mpimg
+
+    sweep, _ = grid
+    for name in ("val_loss.png", "quality_vs_throughput.png"):
+        img = mpimg.imread(sweep / name)
+        assert img.shape[0] > 200 and img.shape[1] > 200
+        assert img[..., :3].std() > 0.01  # not a blank canvas
+
+
+def test_failed_and_running_runs_are_marked_not_fatal(grid, tmp_path):
+    import shutil
+
+    sweep, cache = grid
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    failed, running = copy / "0", copy / "1"
+    (failed / "FAILED").write_text("data.path: missing\n")
+    (running / "summary.json").unlink()
+    with (running / "metrics.csv").open("a") as f:
+        f.write("5,1.0")  # a half-written row of a job still running
+    out = cli("compare", str(copy), cache=cache)
+    assert out.returncode == 0, out.stderr
+    table = (copy / "summary.md").read_text()
+    assert "failed:1" in table and "running:1" in table
+
+
+def test_compare_bad_directory_is_one_line(tmp_path):
+    out = cli("compare", str(tmp_path / "nope"), cache=tmp_path)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "compare:" in out.stderr
+
+
+def test_parallel_launcher_and_identical_seeds(tmp_path):
+    """Two jobs with the same seed in parallel processes (joblib) give identical metrics."""
+    sweep = tmp_path / "sweep"
+    run = cli(
+        "train",
+        "-m",
+        "launcher=parallel",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "trainer.checkpoint.every_n_steps=2,4",
+        "seed=7",
+        cache=tmp_path / "cache",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+
+    def comparable(d):
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_metrics(d / "metrics.csv")]
+
+    a, b = comparable(sweep / "0"), comparable(sweep / "1")
+    assert a and a == b
+
+
+def test_optuna_sweeper_minimises_val_loss(tmp_path):
+    sweep = tmp_path / "sweep"
+    run = cli(
+        "train",
+        "-m",
+        "sweep=optuna-lr",
+        "hydra.sweeper.n_trials=2",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cache=tmp_path / "cache",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    best = (sweep / "optimization_results.yaml").read_text()
+    assert "best_value" in best and "optim.lr" in best
+
+
+def test_rerun_of_a_finished_grid_with_resume_skips_every_run(grid):
+    sweep, cache = grid
+    before = {p: p.stat().st_mtime_ns for p in sweep.rglob("metrics.csv")}
+    run = cli(
+        "train",
+        "-m",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "model/positional=rope,alibi",
+        "seed=0,1",
+        "resume=true",
+        cache=cache,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("already finished") == 4
+    assert before == {p: p.stat().st_mtime_ns for p in sweep.rglob("metrics.csv")}

@@ -1,0 +1,267 @@
+"""``bertsmith compare SWEEP_DIR``: one row per variant of a grid, plots, the best marked.
+
+A *variant* is what a run's overrides change relative to the sweep's base (the overrides
+every run shares), seeds aside; runs of a variant that differ only by ``seed`` are averaged
+(mean ± std). Every run is read whatever its state — finished, failed, still running — and
+its state is shown, never a crash.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from registry.errors import SpecError
+from train.callbacks import read_metrics
+from train.config import DataConfig
+
+_SEED = re.compile(r"^\+{0,2}seed=")
+
+
+@dataclass
+class Run:
+    path: Path
+    overrides: list[str]
+    status: str
+    seed: int | None = None
+    metrics: list[dict] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    params: int | None = None
+    flops: int | None = None
+
+    def last(self, key: str) -> float | None:
+        return next((r[key] for r in reversed(self.metrics) if key in r), None)
+
+    @property
+    def val_curve(self) -> list[tuple[int, float]]:
+        return [(r["step"], r["val_loss"]) for r in self.metrics if "val_loss" in r]
+
+
+def find_runs(sweep_dir: Path) -> list[Path]:
+    """Run directories under ``sweep_dir`` (each has Hydra's ``.hydra/overrides.yaml``)."""
+    found = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+
+    def key(p: Path):
+        rel = p.relative_to(sweep_dir).parts
+        return [int(x) if x.isdigit() else x for x in rel]
+
+    return sorted(found, key=key)
+
+
+def _status(d: Path) -> str:
+    if (d / "FAILED").exists():
+        return "failed"
+    if (d / "summary.json").exists() and (d / "model" / "model.safetensors").exists():
+        return "finished"
+    return "running" if (d / "metrics.csv").exists() or (d / "checkpoints").exists() else "pending"
+
+
+def _costs(d: Path) -> tuple[int | None, int | None]:
+    """Parameters and forward FLOPs per token at the run's sequence length, from its spec."""
+    import registry
+
+    if not (d / "spec.yaml").exists():
+        return None, None
+    try:
+        spec = registry.load_spec(d / "spec.yaml")
+        data = yaml.safe_load((d / "config.yaml").read_text()).get("data", {})
+        seq_len = DataConfig.model_validate(data).seq_len  # defaults fill what the file omits
+        c = registry.cost(spec, seq_len)
+    except (SpecError, OSError, AttributeError, ValidationError, yaml.YAMLError):
+        return None, None
+    return c["params"]["total"], c["flops_per_token"]["encoder"]
+
+
+def load_run(d: Path) -> Run:
+    try:
+        overrides = [str(o) for o in yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) or []]
+    except (OSError, yaml.YAMLError):
+        overrides = []
+    seed = next((int(o.split("=", 1)[1]) for o in overrides if _SEED.match(o)), None)
+    run = Run(d, overrides, _status(d), seed)
+    try:
+        run.metrics = read_metrics(d / "metrics.csv")
+    except (OSError, ValueError, csv.Error):
+        run.metrics = []  # a half-written file of a running job
+    if (d / "summary.json").exists():
+        try:
+            run.summary = json.loads((d / "summary.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+    run.params, run.flops = _costs(d)
+    return run
+
+
+def variant_of(run: Run, common: set[str]) -> str:
+    own = [o for o in run.overrides if o not in common and not _SEED.match(o)]
+    return " ".join(own) if own else "base"
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize_runs(runs: list[Run], metric: str = "val_loss") -> list[dict]:
+    """One row per variant, in the order variants first appear; the best marked."""
+    common = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(variant_of(r, common), []).append(r)
+    rows = []
+    for name, rs in groups.items():
+        done = [r for r in rs if r.last("val_loss") is not None]
+        loss = _mean_std([r.last("val_loss") for r in done])
+        acc = _mean_std([r.last("val_mlm_acc") for r in done if r.last("val_mlm_acc") is not None])
+        tps = [r.last("tokens_per_s") for r in rs if r.last("tokens_per_s") is not None]
+        states = sorted({r.status for r in rs})
+        rows.append(
+            {
+                "variant": name,
+                "runs": len(rs),
+                "seeds": ",".join(str(r.seed) for r in rs if r.seed is not None),
+                "status": states[0]
+                if len(states) == 1
+                else "/".join(f"{s}:{sum(r.status == s for r in rs)}" for s in states),
+                "params": next((r.params for r in rs if r.params), None),
+                "flops_per_token": next((r.flops for r in rs if r.flops), None),
+                "val_loss": loss[0],
+                "val_loss_std": loss[1],
+                "val_mlm_acc": acc[0],
+                "val_mlm_acc_std": acc[1],
+                "tokens_per_s": statistics.fmean(tps) if tps else None,
+                "peak_rss_mb": max(
+                    (r.summary["peak_rss_mb"] for r in rs if "peak_rss_mb" in r.summary), default=None
+                ),
+                "wall_s": statistics.fmean(
+                    [r.summary["wall_s"] for r in rs if "wall_s" in r.summary] or [math.nan]
+                ),
+                "best": False,
+                "_runs": rs,
+            }
+        )
+    scored = [r for r in rows if r[metric] is not None and any(x.status == "finished" for x in r["_runs"])]
+    if scored:
+        best = (
+            min(scored, key=lambda r: r[metric])
+            if metric != "val_mlm_acc"
+            else max(scored, key=lambda r: r[metric])
+        )
+        best["best"] = True
+    return rows
+
+
+def _fmt(v, nd=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def _pm(row: dict, key: str) -> str:
+    """``mean ± std`` of ``key`` over a variant's seeds."""
+    return "–" if row[key] is None else f"{row[key]:.3f} ± {row[key + '_std']:.3f}"
+
+
+def markdown(rows: list[dict]) -> str:
+    head = (
+        "| variant | runs | status | params | FLOPs/token | val MLM loss | val MLM acc | tokens/s "
+        "| peak RSS MB | wall s |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
+    lines = []
+    for r in rows:
+        mark = " **(best)**" if r["best"] else ""
+        lines.append(
+            f"| {r['variant']}{mark} | {r['runs']} | {r['status']} | {_fmt(r['params'])} | "
+            f"{_fmt(r['flops_per_token'])} | {_pm(r, 'val_loss')} | "
+            f"{_pm(r, 'val_mlm_acc')} | {_fmt(r['tokens_per_s'], 0)} | "
+            f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['wall_s'], 0)} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def plots(rows: list[dict], out: Path) -> list[Path]:
+    """``val_loss.png`` (mean curve per variant) and ``quality_vs_throughput.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [out / "val_loss.png", out / "quality_vs_throughput.png"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        curves = [dict(x.val_curve) for x in r["_runs"] if x.val_curve]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(c) for c in curves)))
+        ax.plot(
+            steps,
+            [statistics.fmean(c[s] for c in curves) for s in steps],
+            marker="o",
+            label=r["variant"] + (" (best)" if r["best"] else ""),
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation MLM loss (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for r in rows:
+        if r["val_loss"] is None or r["tokens_per_s"] is None:
+            continue
+        ax.errorbar(r["tokens_per_s"], r["val_loss"], yerr=r["val_loss_std"] or 0, fmt="o", capsize=3)
+        ax.annotate(
+            r["variant"],
+            (r["tokens_per_s"], r["val_loss"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.set_xlabel("training tokens/s")
+    ax.set_ylabel("validation MLM loss (lower is better)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def compare(sweep_dir: str | Path, metric: str = "val_loss") -> dict:
+    """Read every run of ``sweep_dir``; write summary.md, summary.csv and the plots there."""
+    d = Path(sweep_dir)
+    if not d.is_dir():
+        raise SpecError(f"compare: given {str(d)!r}, allowed: an existing sweep directory")
+    runs = [load_run(p) for p in find_runs(d)]
+    if not runs:
+        raise SpecError(
+            f"compare: given {str(d)!r}, allowed: a directory holding runs (none has .hydra/overrides.yaml)"
+        )
+    rows = summarize_runs(runs, metric)
+    table = markdown(rows)
+    (d / "summary.md").write_text(
+        f"# {d.name}\n\n{len(runs)} runs, {len(rows)} variants; best by {metric}.\n\n{table}"
+    )
+    cols = [k for k in rows[0] if not k.startswith("_")]
+    with (d / "summary.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows({k: r[k] for k in cols} for r in rows)
+    images = plots(rows, d)
+    best = next((r for r in rows if r["best"]), None)
+    best_run = None
+    if best is not None:
+        finished = [x for x in best["_runs"] if x.status == "finished"]
+        best_run = min(finished, key=lambda x: x.last(metric) or math.inf).path if finished else None
+    return {"table": table, "rows": rows, "images": images, "best_run": best_run}

@@ -1,0 +1,850 @@
+"""``bertsmith export``: a run or model directory as a reusable recipe or a transformers directory.
+
+    export_recipe(src, out)   spec.yaml -> a standalone recipe YAML (every slot and size
+                              stated); composing it gives the same spec
+    export_hf(src, out)       a transformers directory: config.json, model.safetensors,
+                              tokenizer files, README.md (model card)
+
+``export_hf`` writes the native transformers class when the spec *is* one (``hf_family``):
+BERT, RoBERTa, DeBERTa-v2/v3 or ModernBERT. Exactness is decided by the importer itself: the
+config we would write is read back with ``train.hf.spec_from_config``, and the spec it gives
+must equal ours in everything that decides weights and outputs (name, kernel, init and
+dropouts only matter for training; they are noted in the card). Weights go through the
+importer's ``key_map`` inverted, and must be exactly the keys the transformers class expects
+(tied weights left out). Every other composition gets a remote-code export
+(``train.remote``): bertsmith's own block sources in one ``modeling_bertsmith.py``.
+
+Before anything is moved into place, the export is loaded back (the transformers class, or
+the generated file executed in-process) and compared with our model on a right-padded batch;
+a mismatch is a bug and raises. Output appears atomically: everything is written into a
+temporary directory next to ``out`` and renamed at the end, so a refused or failed export
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+import types
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+import registry
+from registry.errors import SpecError
+from registry.io import atomic_write, spec_to_yaml
+from registry.spec import spec_dict
+from train import remote
+from train.hf import BASE_PREFIX, FAMILIES, key_map, spec_from_config
+
+TITLES = {"bert": "BERT", "roberta": "RoBERTa", "deberta-v2": "DeBERTa-v2", "modernbert": "ModernBERT"}
+CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "deberta-v2": "DebertaV2", "modernbert": "ModernBert"}
+# our activation -> the transformers name the importer maps back to it
+HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
+TOLERANCE = 1e-4  # export-time self-check, relative to the output scale; tests hold 1e-5 absolute
+
+
+# --- sources ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Source:
+    """What ``RUN_DIR|MODEL_DIR`` points at: the spec, the model directory (weights), and the
+    run directory (config.yaml, metrics.csv) when there is one."""
+
+    path: Path
+    spec_path: Path
+    model_dir: Path | None
+    run_dir: Path | None
+
+
+def find_source(path: str | os.PathLike) -> Source:
+    """Resolve a run directory (``spec.yaml``, ``config.yaml``, ``model/``) or a model
+    directory (``spec.yaml``, ``model.safetensors``)."""
+    p = Path(path).expanduser()
+    if (p / "spec.yaml").is_file() and (p / "model.safetensors").is_file():
+        run = (
+            p.parent if (p.parent / "config.yaml").is_file() and (p.parent / "spec.yaml").is_file() else None
+        )
+        return Source(p, p / "spec.yaml", p, run)
+    if (p / "spec.yaml").is_file() and (p / "config.yaml").is_file():
+        model = p / "model" if (p / "model" / "model.safetensors").is_file() else None
+        return Source(p, p / "spec.yaml", model, p)
+    raise SpecError(
+        f"export: given {str(p)!r}, allowed: a run directory (spec.yaml, config.yaml, model/) "
+        "or a model directory (spec.yaml, model.safetensors)"
+    )
+
+
+def _fresh_output(out: Path, is_dir: bool) -> None:
+    if is_dir and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SpecError(f"--out: given {str(out)!r}, which exists; allowed: a new or empty directory")
+    if not is_dir and out.is_dir():
+        raise SpecError(f"--out: given {str(out)!r}, a directory; allowed: a .yaml file path")
+
+
+# --- recipe ------------------------------------------------------------------------------------
+
+
+RECIPE_SLOTS = ("positional", "attention", "kernel", "mlp", "activation", "norm", "head", "init")
+
+
+def recipe_text(spec, origin: str) -> str:
+    """A standalone recipe: every slot (``kind`` first) and size stated. Its defaults list
+    only names each slot's block, ``_self_`` first, so that command-line slot swaps
+    (``model/positional=alibi``) and ``pretrain=bert`` (which swaps the head) apply to it as
+    to a family recipe; the values below need nothing from it."""
+    from registry.composer import RECIPES
+
+    chosen = {
+        slot: getattr(getattr(spec, slot), "kind", None) for slot in RECIPE_SLOTS if slot != "activation"
+    }
+    chosen["activation"] = spec.mlp.activation
+    groups = [
+        f"  - {slot}: {name}\n"
+        for slot in RECIPE_SLOTS
+        if (name := chosen[slot]) is not None and (RECIPES / "model" / slot / f"{name}.yaml").is_file()
+    ]
+    return (
+        f"# {spec.name}: exported by `bertsmith export` from {origin}\n"
+        "# Every slot and size is stated: use it as `bertsmith train model=<this file>`, with\n"
+        "# `bertsmith inspect <this file>`, or copy it into recipes/model/. The defaults list only\n"
+        "# names each slot's block; _self_ comes first so that a slot swapped on the command line\n"
+        "# (model/positional=alibi) replaces the block stated here.\n"
+        "defaults:\n  - _self_\n" + "".join(groups) + "\n" + spec_to_yaml(spec)
+    )
+
+
+def export_recipe(src: str | os.PathLike, out: str | os.PathLike):
+    """Write the spec of ``src`` as a recipe file ``out``; returns the spec. The file is
+    composed back before it is moved into place, and must give the identical spec."""
+    source = find_source(src)
+    spec = registry.load_spec(source.spec_path)
+    out = Path(out).expanduser()
+    _fresh_output(out, is_dir=False)
+    if out.suffix not in (".yaml", ".yml"):
+        raise SpecError(f"--out: given {str(out)!r}, allowed: a path ending in .yaml")
+    text = recipe_text(spec, str(source.path))
+    with tempfile.TemporaryDirectory(prefix="bertsmith-export-") as tmp:
+        probe = Path(tmp) / out.name
+        probe.write_text(text, encoding="utf-8")
+        again = registry.compose(str(probe))
+    if again != spec:
+        raise RuntimeError(f"export: the recipe composes to a different spec than {source.spec_path}")
+    atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
+    return spec
+
+
+# --- is the spec a transformers class? -----------------------------------------------------------
+
+
+def _config_class(family: str):
+    import transformers
+
+    return getattr(transformers, f"{CLASS_PREFIX[family]}Config")
+
+
+def architecture(family: str, spec) -> str:
+    """The transformers class for ``spec`` in ``family``: ``*ForMaskedLM`` with an MLM head,
+    ``BertForPreTraining`` for BERT's MLM + NSP heads, ``*Model`` otherwise (a head that no
+    class of the family carries then shows up as a difference)."""
+    head = spec.head.kind if spec.head is not None else None
+    if head == "mlm":
+        return f"{CLASS_PREFIX[family]}ForMaskedLM"
+    if head == "nsp" and family == "bert":
+        return "BertForPreTraining"
+    return f"{CLASS_PREFIX[family]}Model"
+
+
+def _token_ids(family: str, spec, specials: dict[str, int], **roles: str) -> dict:
+    """``<name>_token_id`` from the tokenizer's special tokens; without a tokenizer, the
+    class default when it lies inside the vocabulary, else None."""
+    defaults = _config_class(family)()
+    out = {}
+    for name, role in roles.items():
+        key, default = f"{name}_token_id", getattr(defaults, f"{name}_token_id", None)
+        fits = isinstance(default, int) and default < spec.vocab_size
+        out[key] = specials[role] if role in specials else default if fits else None
+    return out
+
+
+def hf_config(family: str, spec, specials: dict[str, int] | None = None) -> dict:
+    """The transformers ``config.json`` for ``spec`` as ``family`` (complete, not a diff from
+    the class defaults; ModernBERT's in both its legacy and 5.x forms). Where the spec has
+    something the family cannot say, the family's own value is written: ``hf_family`` then
+    finds the difference when it reads the config back."""
+    specials = specials or {}
+    p, b, d = spec.positional, spec.bias, spec.dropout
+    head = spec.head
+    act = HF_ACT.get(spec.mlp.activation, "gelu")
+    tied = bool(head.tied) if head is not None and hasattr(head, "tied") else True
+    common = dict(
+        architectures=[architecture(family, spec)],
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.d_model,
+        num_hidden_layers=spec.n_layers,
+        num_attention_heads=spec.n_heads,
+        intermediate_size=spec.d_ff,
+        initializer_range=spec.init.std,
+        pad_token_id=spec.pad_token_id,
+        tie_word_embeddings=tied,
+        dtype="float32",
+    )
+    if family in ("bert", "roberta", "deberta-v2"):
+        common.update(
+            hidden_act=act,
+            hidden_dropout_prob=d.mlp,  # also embedding and attn_out in transformers
+            attention_probs_dropout_prob=d.attention,
+            type_vocab_size=spec.type_vocab_size,
+            layer_norm_eps=spec.norm.eps,
+        )
+    if family in ("bert", "roberta"):
+        offset = p.offset if p.kind == "learned" else 0
+        extra = dict(max_position_embeddings=spec.max_seq_len + offset, position_embedding_type="absolute")
+        if family == "roberta":
+            extra.update(_token_ids(family, spec, specials, bos="cls", eos="sep"))
+    elif family == "deberta-v2":
+        rel = p.kind == "disentangled"
+        extra = dict(
+            max_position_embeddings=spec.max_seq_len,
+            relative_attention=rel,
+            position_biased_input=p.kind == "learned",
+            pos_att_type=list(p.pos_att_type) if rel else [],
+            position_buckets=p.position_buckets if rel and p.position_buckets > 0 else -1,
+            max_relative_positions=(p.max_relative_positions or -1) if rel else -1,
+            norm_rel_ebd="layer_norm" if rel and p.norm_rel_ebd else "none",
+            share_att_key=bool(rel and p.share_att_key),
+            legacy=True,
+        )
+    else:
+        plan = registry.layer_plan(spec)
+        every = next((i for i, w in enumerate(plan) if i and w is None), len(plan))
+        window = next((w for w in plan if w is not None), getattr(spec.attention, "window", 128))
+        theta = p.theta if p.kind == "rope" else 160000.0
+        local = (p.local_theta or p.theta) if p.kind == "rope" else 10000.0
+        head_act = HF_ACT.get(getattr(head, "activation", "gelu"), "gelu")
+        extra = dict(
+            hidden_activation=act,
+            max_position_embeddings=spec.max_seq_len,
+            initializer_cutoff_factor=getattr(spec.init, "cutoff", 2.0),
+            norm_eps=spec.norm.eps,
+            norm_bias=b.norm,
+            **_token_ids(family, spec, specials, bos="cls", eos="sep", cls="cls", sep="sep"),
+            attention_bias=b.qkv,
+            attention_dropout=d.attention,
+            embedding_dropout=d.embedding,
+            mlp_bias=b.mlp_in,
+            mlp_dropout=d.mlp,
+            decoder_bias=b.decoder,
+            classifier_bias=b.head,
+            classifier_activation=head_act,
+            local_attention=window,
+            layer_types=["full_attention" if w is None else "sliding_attention" for w in plan],
+            rope_parameters={
+                "full_attention": {"rope_type": "default", "rope_theta": float(theta)},
+                "sliding_attention": {"rope_type": "default", "rope_theta": float(local)},
+            },
+        )
+    config = _config_class(family)(**common, **extra).to_dict()
+    config["architectures"] = common["architectures"]
+    if family == "modernbert":  # what transformers < 5 reads (5.x converts them on load)
+        config.update(global_attn_every_n_layers=every, global_rope_theta=theta, local_rope_theta=local)
+    return config
+
+
+def _essence(spec) -> dict:
+    """What decides a model's weights and outputs: the spec without its name, kernel, init
+    and dropouts, with the attention pattern as the per-layer plan and defaults filled in."""
+    data = spec_dict(spec)
+    for key in ("name", "kernel", "init", "dropout"):
+        data.pop(key)
+    plan = registry.layer_plan(spec)
+    data["attention"] = ",".join("global" if w is None else f"local{w}" for w in plan)
+    p = data["positional"]
+    if p["kind"] == "rope":
+        p["dim"] = p["dim"] or spec.d_model // spec.n_heads
+        p["local_theta"] = p["local_theta"] or p["theta"]
+        if all(w is None for w in plan):
+            p.pop("local_theta")
+    if p["kind"] == "disentangled":
+        p.pop("dropout")
+        p["pos_att_type"] = sorted(p["pos_att_type"])
+        p["max_relative_positions"] = p["max_relative_positions"] or spec.max_seq_len
+    if data["head"] is not None:
+        data["head"].pop("sparse", None)
+    return data
+
+
+def _short(value) -> str:
+    return repr(value.get("kind", value) if isinstance(value, dict) else value)
+
+
+def _differences(ours: dict, theirs: dict, who: str) -> list[str]:
+    """One line per differing key; a slot of another kind (or absent) is one line."""
+    lines = []
+    for key in [*ours, *(k for k in theirs if k not in ours)]:
+        a, b = ours.get(key), theirs.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict) and a.get("kind") == b.get("kind"):
+            for sub in [*a, *(k for k in b if k not in a)]:
+                if a.get(sub) != b.get(sub):
+                    lines.append(f"{key}.{sub} is {a.get(sub)!r}, {who} has {b.get(sub)!r}")
+        else:
+            lines.append(f"{key} is {_short(a)}, {who} has {_short(b)}")
+    return lines
+
+
+def family_differences(family: str, spec) -> list[str]:
+    """Why ``spec`` is not exactly ``family`` (empty if it is)."""
+    who = TITLES[family]
+    out = []
+    if family in ("bert", "roberta") and spec.type_vocab_size < 1:
+        out.append(f"type_vocab_size is 0, {who} always adds token-type embeddings (at least 1)")
+    config = hf_config(family, spec)
+    try:
+        back = spec_from_config(
+            family, _config_class(family).from_dict(copy.deepcopy(config)), config, name=spec.name
+        )
+    except SpecError as e:
+        return out + [line.removeprefix("config.json").lstrip(": ") for line in e.lines]
+    except (ValueError, TypeError) as e:  # the config class itself refuses the values
+        return out + [f"{who}'s config refuses it ({' '.join(str(e).split())[:200]})"]
+    return out + _differences(_essence(spec), _essence(back), who)
+
+
+def hf_family(spec) -> tuple[str | None, str]:
+    """(family, "") when ``spec`` is exactly a transformers architecture (by config and by
+    weight layout; the weight check needs the class, see ``native_export``), else
+    (None, why): the closest family and how the spec differs from it."""
+    best: tuple[str, list[str]] | None = None
+    for family in FAMILIES:
+        diffs = family_differences(family, spec)
+        if not diffs:
+            return family, ""
+        if best is None or len(diffs) < len(best[1]):
+            best = (family, diffs)
+    family, diffs = best
+    more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+    return None, f"closest is {TITLES[family]}: {'; '.join(diffs[:3])}{more}"
+
+
+# --- what goes into the directory -------------------------------------------------------------
+
+
+@dataclass
+class Export:
+    """An export planned in memory: the files, and how to check them once written."""
+
+    kind: str  # "native" | "remote"
+    arch: str
+    family: str | None
+    reason: str
+    config: dict
+    tensors: dict[str, torch.Tensor]
+    modeling: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _tied_targets(model) -> set[str]:
+    getter = getattr(model, "get_expanded_tied_weights_keys", None)
+    if getter is not None:
+        return set(getter(all_submodels=True))
+    return set(getattr(model, "_tied_weights_keys", None) or ())
+
+
+def hf_weights(family: str, spec, state: dict, expected: set[str]) -> dict[str, torch.Tensor]:
+    """Our weights under transformers' names: ``key_map`` inverted. A key built from several
+    of theirs is split along dim 0; ``@`` keys are relative to the head model; of
+    alternatives ``a|b`` every one the class expects is written (else the first)."""
+    prefix = BASE_PREFIX[family] if spec.head is not None else ""
+    out: dict[str, torch.Tensor] = {}
+    for ours, theirs in key_map(family, spec, legacy=True):
+        tensor = state[ours]
+        if tensor.shape[0] % len(theirs):
+            raise RuntimeError(f"export: {ours} {tuple(tensor.shape)} does not split into {len(theirs)}")
+        parts = tensor.chunk(len(theirs), 0) if len(theirs) > 1 else (tensor,)
+        for name, part in zip(theirs, parts, strict=True):
+            keys = [k[1:] if k.startswith("@") else prefix + k for k in name.split("|")]
+            for key in [k for k in keys if k in expected] or keys[:1]:
+                out[key] = part.detach().clone().contiguous()
+    return out
+
+
+def native_export(family: str, model, specials: dict[str, int]) -> Export | str:
+    """The native files for ``model`` as ``family``, or why the weights do not fit the class."""
+    import transformers
+
+    spec = model.spec
+    config = hf_config(family, spec, specials)
+    arch = config["architectures"][0]
+    try:
+        with torch.device("meta"):
+            skeleton = getattr(transformers, arch)(_config_class(family).from_dict(copy.deepcopy(config)))
+    except Exception as e:  # transformers cannot build it, so it is not this class
+        return f"transformers could not build {arch} ({' '.join(str(e).split())[:200]})"
+    expected = set(skeleton.state_dict()) - _tied_targets(skeleton)
+    tensors = hf_weights(family, spec, model.state_dict(), expected)
+    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or extra:
+
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else "")
+
+        what = [f"{arch} has {some(missing)}, which this model lacks"] if missing else []
+        what += [f"this model has {some(extra)}, which {arch} has no place for"] if extra else []
+        return "; ".join(what)
+    back = spec_from_config(
+        family, _config_class(family).from_dict(copy.deepcopy(config)), config, name=spec.name
+    )
+    notes = _training_notes(spec, back, TITLES[family])
+    if arch == "BertForPreTraining":
+        notes.insert(
+            0,
+            "BERT's pre-training heads (MLM + NSP) are exported as `BertForPreTraining`, which holds "
+            "both; `AutoModelForMaskedLM` loads its MLM part (the pooler and NSP classifier are then "
+            "reported as unused).",
+        )
+    if family in ("bert", "roberta") and arch != "BertForPreTraining":
+        notes.append(
+            f"`AutoModel` builds `{CLASS_PREFIX[family]}Model` with a pooler this model never had; "
+            "load it with `add_pooling_layer=False` (otherwise transformers initialises the pooler "
+            "randomly and says so)."
+        )
+    if family == "roberta":
+        notes.append(
+            "RoBERTa derives position ids from `input_ids != pad_token_id`: pad with the pad token, "
+            "and never use it inside a sequence."
+        )
+    return Export("native", arch, family, "", config, tensors, notes=notes)
+
+
+def _training_notes(spec, back, who: str) -> list[str]:
+    """What the transformers config holds differently from the spec without changing outputs."""
+    notes = []
+    for part in ("dropout", "init"):
+        ours, theirs = spec_dict(spec)[part], spec_dict(back)[part]
+        if ours != theirs:
+            notes.append(
+                f"{part}: the spec has {json.dumps(ours)}; {who}'s config holds {json.dumps(theirs)} "
+                "(training only: outputs in eval mode are the same)."
+            )
+    if spec.kernel.kind != "sdpa":
+        notes.append(f"kernel: transformers runs its own attention, not bertsmith's {spec.kernel.kind!r}.")
+    return notes
+
+
+def remote_export(model, reason: str) -> Export:
+    """Config, weights and modeling file of a remote-code export (``SpecError`` naming the
+    slot that cannot be copied)."""
+    spec = model.spec
+    source = remote.modeling_source(spec)
+    arch, auto_map = remote.classes(spec)
+    head = spec.head
+    config = {
+        "architectures": [arch],
+        "auto_map": auto_map,
+        "model_type": "bertsmith",
+        "bertsmith_spec": spec_dict(spec),
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.d_model,
+        "num_hidden_layers": spec.n_layers,
+        "num_attention_heads": spec.n_heads,
+        "intermediate_size": spec.d_ff,
+        "max_position_embeddings": spec.max_seq_len,
+        "initializer_range": spec.init.std,
+        "pad_token_id": spec.pad_token_id,
+        "tie_word_embeddings": bool(getattr(head, "tied", False)),
+        "dtype": "float32",
+    }
+    if head is not None and head.kind == "classification":
+        config["num_labels"] = head.num_labels
+        config["id2label"] = {str(i): f"LABEL_{i}" for i in range(head.num_labels)}
+        config["label2id"] = {f"LABEL_{i}": i for i in range(head.num_labels)}
+    tensors = {}
+    for key, tensor in model.state_dict().items():
+        if key == "head.decoder.weight" and getattr(head, "tied", False):
+            continue  # tied to the token embedding: stored once, as transformers expects
+        name = f"bertsmith.{key}" if head is not None and key.startswith("encoder.") else key
+        tensors[name] = tensor.detach().clone().contiguous()
+    return Export("remote", arch, None, reason, config, tensors, modeling=source)
+
+
+def read_remote_export(directory: str | os.PathLike):
+    """The bertsmith model in a remote-code export (``init_from`` accepts them). Nothing from
+    the directory is executed: the spec in ``config.json`` is validated like any recipe and
+    the weights come through safetensors."""
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    try:
+        data = json.loads((d / "config.json").read_text(encoding="utf-8"))["bertsmith_spec"]
+    except (OSError, ValueError, KeyError):
+        raise SpecError(f"init_from: given {str(d)!r}, allowed: a bertsmith remote-code export") from None
+    spec = registry.parse_spec(data, prefix="config.json bertsmith_spec.")
+    registry.check(spec, build_meta=False)
+    model = registry.build(spec, init=False)
+    state = {k.removeprefix("bertsmith."): v for k, v in load_file(str(d / "model.safetensors")).items()}
+    result = model.load_state_dict(state, strict=False)
+    tied = {"head.decoder.weight"} if getattr(spec.head, "tied", False) else set()
+    if result.unexpected_keys or set(result.missing_keys) - tied:
+        raise SpecError(f"model.safetensors in {str(d)!r}: weights do not fit bertsmith_spec ({result})")
+    return model
+
+
+def plan_hf(model, force_remote: bool = False, specials: dict[str, int] | None = None) -> Export:
+    """Native class when the spec is one and its weights fit, else remote code."""
+    family, reason = (None, "") if force_remote else hf_family(model.spec)
+    if family is not None:
+        native = native_export(family, model, specials or {})
+        if isinstance(native, Export):
+            return native
+        reason = f"{TITLES[family]}'s weights do not fit: {native}"
+    return remote_export(model, reason)
+
+
+# --- tokenizer ---------------------------------------------------------------------------------
+
+SPECIAL_TOKENS = {  # role -> the names bertsmith's tokenizers (and BERT's, RoBERTa's) use
+    "cls": ("[CLS]", "<s>", "<cls>"),
+    "sep": ("[SEP]", "</s>", "<sep>"),
+    "pad": ("[PAD]", "<pad>"),
+    "unk": ("[UNK]", "<unk>"),
+    "mask": ("[MASK]", "<mask>"),
+}
+
+
+def tokenizer_specials(model_dir: Path | None) -> tuple[dict[str, str], dict[str, int]] | None:
+    """The special tokens of ``model_dir/tokenizer.json`` as (role -> token, role -> id), or
+    None without a tokenizer. Roles the vocabulary has no token for are left out."""
+    path = None if model_dir is None else model_dir / "tokenizer.json"
+    if path is None or not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    try:
+        vocab = Tokenizer.from_file(str(path)).get_vocab()
+    except Exception as e:  # tokenizers raises plain Exception on malformed files
+        raise SpecError(f"tokenizer.json: given {str(path)!r}, allowed: a valid tokenizer ({e})") from None
+    tokens = {r: next((t for t in names if t in vocab), None) for r, names in SPECIAL_TOKENS.items()}
+    tokens = {r: t for r, t in tokens.items() if t is not None}
+    return tokens, {r: vocab[t] for r, t in tokens.items()}
+
+
+def tokenizer_config(spec, tokens: dict[str, str]) -> dict:
+    """``tokenizer_config.json``: the generic fast tokenizer over ``tokenizer.json``, with the
+    special tokens named so ``AutoTokenizer`` (and the fill-mask pipeline) find them."""
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **{f"{role}_token": token for role, token in tokens.items()},
+        "model_max_length": spec.max_seq_len,
+        "padding_side": "right",
+        "model_input_names": [
+            "input_ids",
+            *(["token_type_ids"] if spec.type_vocab_size else []),
+            "attention_mask",
+        ],
+        "clean_up_tokenization_spaces": False,
+    }
+    if tokens.get("cls") == "<s>":
+        config.update(bos_token=tokens["cls"], eos_token=tokens["sep"])
+    return config
+
+
+# --- model card --------------------------------------------------------------------------------
+
+
+def read_run(run_dir: Path | None) -> tuple[dict, list[dict]]:
+    """(config.yaml, metrics.csv rows with numbers) of a run directory, or empty."""
+    if run_dir is None:
+        return {}, []
+    cfg = {}
+    if (run_dir / "config.yaml").is_file():
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    rows = []
+    if (run_dir / "metrics.csv").is_file():
+        with (run_dir / "metrics.csv").open(newline="") as f:
+            rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
+    return cfg, rows
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def model_card(model, plan: Export, source: Source, has_tokenizer: bool) -> str:
+    """``README.md``: how to load, architecture, parameter counts, recipe, training, metrics."""
+    spec = model.spec
+    params = registry.cost(spec)["params"]
+    total = sum(p.numel() for p in model.parameters())
+    remote_flag = ", trust_remote_code=True" if plan.kind == "remote" else ""
+    auto = "AutoModelForMaskedLM" if plan.arch.endswith(("ForMaskedLM", "ForPreTraining")) else "AutoModel"
+    if plan.arch.endswith("ForSequenceClassification"):
+        auto = "AutoModelForSequenceClassification"
+    front = [
+        "---",
+        "library_name: transformers",
+        f"tags: [bertsmith{', ' + plan.family if plan.family else ''}]",
+    ]
+    if auto == "AutoModelForMaskedLM":
+        front.append("pipeline_tag: fill-mask")
+    front.append("---")
+    lines = [*front, "", f"# {spec.name}", ""]
+    if plan.kind == "native":
+        lines.append(
+            f"A {TITLES[plan.family]} encoder (`transformers.{plan.arch}`), exported by "
+            f"`bertsmith export` from `{source.path}`."
+        )
+    else:
+        lines.append(
+            f"A bertsmith encoder exported as transformers remote code (`{remote.FILE}`, class "
+            f"`{plan.arch}`) from `{source.path}`"
+            + (f": no transformers class holds this composition ({plan.reason})." if plan.reason else ".")
+            + " The modeling file is bertsmith's own block source and needs only torch and transformers."
+        )
+    lines += [
+        "",
+        "## Load",
+        "",
+        "```python",
+        f"from transformers import {auto}" + (", AutoTokenizer" if has_tokenizer else ""),
+    ]
+    lines.append(f'model = {auto}.from_pretrained("path/to/this/directory"{remote_flag})')
+    if has_tokenizer:
+        lines.append(f'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory"{remote_flag})')
+    lines += ["```", ""]
+    lines += [
+        "## Architecture",
+        "",
+        f"- Parameters, encoder body (embeddings, layers, final norm): {params['total']:,} "
+        f"(embedding {params['embedding']:,}, non-embedding {params['non_embedding']:,})",
+        f"- Parameters with the head (tied weights counted once): {total:,}",
+        f"- Layers {spec.n_layers}, width {spec.d_model}, heads {spec.n_heads}, MLP {spec.d_ff}, "
+        f"vocabulary {spec.vocab_size}, max length {spec.max_seq_len}",
+        f"- Head: {spec.head.kind if spec.head is not None else 'none'}",
+        "",
+    ]
+    if plan.notes:
+        lines += ["Notes:", "", *(f"- {n}" for n in plan.notes), ""]
+    lines += [
+        "## Recipe",
+        "",
+        "The resolved bertsmith recipe (`bertsmith export --to recipe` writes it as a file; "
+        "`bertsmith train model=<file>` trains it again):",
+        "",
+        "```yaml",
+        spec_to_yaml(spec).rstrip(),
+        "```",
+        "",
+    ]
+    cfg, rows = read_run(source.run_dir)
+    if cfg:
+        data, tok, obj = cfg.get("data", {}), cfg.get("tokenizer", {}), cfg.get("objective", {})
+        optim, sched, trainer = cfg.get("optim", {}), cfg.get("schedule", {}), cfg.get("trainer", {})
+        corpus = data.get("source", "?")
+        where = data.get("path") or data.get("name")
+        lines += [
+            "## Training",
+            "",
+            f"- Data: `{corpus}`{f' ({where})' if where else ''}, split `{data.get('split', 'train')}`, "
+            f"max_docs {data.get('max_docs')}, sequence length {data.get('seq_len')}, "
+            f"{data.get('batch_size')} packed rows per micro-batch",
+            f"- Tokenizer: {tok.get('kind')} (vocabulary {tok.get('vocab_size')}, padded to {spec.vocab_size})",
+            f"- Objective: MLM at {obj.get('mask_ratio')} ({obj.get('masking')} masks)"
+            + (" + NSP" if obj.get("nsp") else ""),
+            f"- Optimiser: {optim.get('kind')} lr {optim.get('lr')}, schedule {sched.get('kind')}, "
+            f"{trainer.get('max_steps')} steps, precision {trainer.get('precision')}, seed {cfg.get('seed')}",
+        ]
+        if cfg.get("init_from"):
+            lines.append(f"- Initialised from `{cfg['init_from']}`")
+        lines.append("")
+    val = [r for r in rows if "val_loss" in r]
+    train_rows = [r for r in rows if "train_loss" in r]
+    if val or train_rows:
+        ratio = cfg.get("objective", {}).get("eval_mask_ratio", 0.15)
+        lines += [
+            "## Metrics",
+            "",
+            f"From the run's `metrics.csv` (validation MLM at {ratio:.0%} masking):",
+            "",
+        ]
+        cols = [
+            "step",
+            "val_loss",
+            "val_mlm_acc",
+            *(["val_nsp_acc"] if any("val_nsp_acc" in r for r in val) else []),
+        ]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for r in val[-10:]:
+            lines.append(
+                "| " + " | ".join(_fmt(int(r["step"]) if c == "step" else r.get(c, "")) for c in cols) + " |"
+            )
+        if train_rows:
+            last = train_rows[-1]
+            lines += ["", f"Last training loss {_fmt(last['train_loss'])} at step {int(last['step'])}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --- writing and checking ---------------------------------------------------------------------
+
+
+def _probe(spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """A right-padded batch of two sequences that never uses the pad id inside a sequence,
+    long enough to reach past local windows and DeBERTa's log buckets."""
+    far = [w for w in registry.layer_plan(spec) if w] + [getattr(spec.positional, "position_buckets", 0) // 2]
+    L = min(spec.max_seq_len, 16 + max(far))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, spec.vocab_size - 1, (2, L), generator=g)
+    ids = ids + (ids >= spec.pad_token_id).long()
+    mask = torch.ones_like(ids)
+    mask[1, max(1, L - 5) :] = 0
+    return ids.masked_fill(mask == 0, spec.pad_token_id), mask
+
+
+@contextmanager
+def _quiet_transformers():
+    """transformers' load messages and progress bars off while the export is checked."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _load_remote_module(directory: Path) -> types.ModuleType:
+    """Execute the generated modeling file in-process (as transformers would import it)."""
+    name = f"bertsmith_export_check_{os.getpid()}_{id(directory)}"
+    module = types.ModuleType(name)
+    module.__file__ = str(directory / remote.FILE)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    try:
+        code = compile((directory / remote.FILE).read_text(encoding="utf-8"), module.__file__, "exec")
+        exec(code, module.__dict__)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def check_export(directory: Path, plan: Export, model) -> dict[str, float]:
+    """Load the written export and compare its outputs with ``model``'s on a padded batch.
+    Returns the max abs differences at real tokens; raises on any missing or unexpected
+    weight or a difference beyond ``TOLERANCE`` (a bug in the export)."""
+    import transformers
+
+    module = None
+    if plan.kind == "native":
+        cls = getattr(transformers, plan.arch)
+    else:
+        module = _load_remote_module(directory)
+        cls = getattr(module, plan.arch)
+    try:
+        with _quiet_transformers():
+            theirs, info = cls.from_pretrained(str(directory), output_loading_info=True)
+        theirs.eval()
+        bad = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
+        if bad:
+            raise RuntimeError(f"export: {plan.arch} loads with {bad}")
+        ids, mask = _probe(model.spec)
+        with torch.no_grad():
+            ours = model(ids, mask)
+            out = theirs(input_ids=ids, attention_mask=mask)
+            if plan.kind == "native":
+                base = getattr(theirs, theirs.base_model_prefix, theirs)
+                hidden = base(input_ids=ids, attention_mask=mask).last_hidden_state
+                logits = getattr(out, "prediction_logits", None)
+                logits = getattr(out, "logits", None) if logits is None else logits
+                nsp = getattr(out, "seq_relationship_logits", None)
+            else:
+                hidden, logits, nsp = (
+                    out.last_hidden_state,
+                    getattr(out, "logits", None),
+                    getattr(out, "nsp_logits", None),
+                )
+        real = mask.bool()
+        pairs = {"last_hidden_state": (ours.last_hidden_state[real], hidden[real])}
+        if ours.logits is not None:
+            per_token = ours.logits.dim() == 3
+            pairs["logits"] = (ours.logits[real], logits[real]) if per_token else (ours.logits, logits)
+        if ours.nsp_logits is not None:
+            pairs["nsp_logits"] = (ours.nsp_logits, nsp)
+        diffs = {}
+        for key, (a, b) in pairs.items():
+            if b is None or a.shape != b.shape:
+                raise RuntimeError(f"export: {plan.arch} gives no {key} of shape {tuple(a.shape)}")
+            diffs[key] = (a.double() - b.double()).abs().max().item()
+            if diffs[key] > TOLERANCE * max(1.0, a.abs().max().item()):
+                raise RuntimeError(
+                    f"export: {plan.arch}'s {key} differs from bertsmith's by {diffs[key]:.3g}"
+                )
+        return diffs
+    finally:
+        if module is not None:
+            sys.modules.pop(module.__name__, None)
+
+
+def _write(directory: Path, plan: Export, model, source: Source, tokens: dict[str, str] | None) -> None:
+    from safetensors.torch import save_file
+
+    (directory / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
+    save_file(plan.tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    if plan.modeling is not None:
+        (directory / remote.FILE).write_text(plan.modeling, encoding="utf-8")
+    if tokens is not None:
+        shutil.copyfile(source.model_dir / "tokenizer.json", directory / "tokenizer.json")
+        config = tokenizer_config(model.spec, tokens)
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (directory / "README.md").write_text(
+        model_card(model, plan, source, tokens is not None), encoding="utf-8"
+    )
+
+
+def export_hf(
+    src: str | os.PathLike, out: str | os.PathLike, remote_code: bool = False, check: bool = True
+) -> tuple[Export, dict[str, float]]:
+    """Write ``src``'s model as a transformers directory ``out`` (see the module doc).
+    Returns the plan and the max output differences measured when loading it back."""
+    source = find_source(src)
+    if source.model_dir is None:
+        raise SpecError(
+            f"export: given {str(source.path)!r}, a run directory without model/ (the run has not "
+            "finished); allowed: a finished run or a model directory"
+        )
+    out = Path(out).expanduser()
+    _fresh_output(out, is_dir=True)
+    model = registry.load(source.model_dir).eval()
+    specials = tokenizer_specials(source.model_dir)
+    tokens, ids = specials if specials is not None else ({}, {})
+    if "pad" in ids and ids["pad"] != model.spec.pad_token_id:
+        raise SpecError(
+            f"tokenizer.json: pad token id {ids['pad']}, but the spec's pad_token_id is "
+            f"{model.spec.pad_token_id}; allowed: the same id"
+        )
+    plan = plan_hf(model, force_remote=remote_code, specials=ids)  # SpecError here writes nothing
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write(tmp, plan, model, source, tokens if specials is not None else None)
+        diffs = check_export(tmp, plan, model) if check else {}
+        if out.is_dir():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return plan, diffs

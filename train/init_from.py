@@ -1,0 +1,119 @@
+"""``bertsmith train init_from=DIR``: start a run from a trained, imported or exported model.
+
+``DIR`` is a bertsmith model directory (a run's ``model/``, an ``import-hf`` output), a
+transformers directory of a family ``import-hf`` reads, or a remote-code export of
+``bertsmith export``. It decides the architecture: its spec replaces the recipe's model, and
+its weights replace the initialisation. Its ``tokenizer.json``, when there is one, is used as
+``tokenizer=file`` would use it; otherwise the configured tokenizer must fit the model's
+vocabulary (at most ``vocab_size`` tokens, the same pad id). A model without a head gets a
+freshly initialised one for the objective (``mlm``, or ``nsp`` with ``objective.nsp``).
+Nothing from ``DIR`` is executed (transformers directories are imported, not loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import registry
+from registry.errors import SpecError
+from train.config import TokenizerConfig
+
+PRETRAINING_HEADS = ("mlm", "nsp", "emd")
+
+
+def _source(tcfg) -> tuple[Path, str]:
+    """(directory, ``bertsmith`` | ``remote`` | ``transformers``)."""
+    d = Path(tcfg.init_from).expanduser().resolve()
+    if (d / "spec.yaml").is_file() and (d / "model.safetensors").is_file():
+        return d, "bertsmith"
+    if (d / "config.json").is_file():
+        try:
+            model_type = json.loads((d / "config.json").read_text(encoding="utf-8")).get("model_type")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            model_type = None
+        return d, "remote" if model_type == "bertsmith" else "transformers"
+    raise SpecError(
+        f"init_from: given {tcfg.init_from!r}, allowed: a model directory (spec.yaml, "
+        "model.safetensors; a run's model/ or an import-hf output) or a transformers directory "
+        "(config.json; e.g. a bertsmith export)"
+    )
+
+
+def _with_head(spec, tcfg):
+    """The spec with a head the pre-training objective can use."""
+    if spec.head is None:
+        kind = "nsp" if tcfg.objective.nsp else "mlm"
+        return spec.model_copy(update={"head": registry.REGISTRY.get("head", kind).params()})
+    if spec.head.kind not in PRETRAINING_HEADS:
+        raise SpecError(
+            f"init_from: given a model with a {spec.head.kind!r} head, allowed: a model with an MLM "
+            f"head ({', '.join(PRETRAINING_HEADS)}) or none"
+        )
+    return spec
+
+
+def spec_of(tcfg):
+    """The spec a run with ``init_from`` trains (cheap: reads the spec or config only)."""
+    d, kind = _source(tcfg)
+    if kind == "bertsmith":
+        spec = registry.load_spec(d / "spec.yaml")
+    elif kind == "remote":
+        data = json.loads((d / "config.json").read_text(encoding="utf-8")).get("bertsmith_spec")
+        spec = registry.parse_spec(data, prefix="config.json bertsmith_spec.")
+    else:
+        from train.hf import _config, spec_from_config
+
+        spec = spec_from_config(*_config(d), name=d.name or "imported")
+    return _with_head(spec, tcfg)
+
+
+def _read(d: Path, kind: str):
+    if kind == "bertsmith":
+        return registry.load(d)
+    if kind == "remote":
+        from train.export import read_remote_export
+
+        return read_remote_export(d)
+    from train.hf import import_hf
+
+    with tempfile.TemporaryDirectory(prefix="bertsmith-init-") as tmp:
+        return import_hf(d, Path(tmp) / "model", name=d.name or "imported")
+
+
+def load(tcfg):
+    """(model with the directory's weights, ``tcfg`` using the directory's tokenizer if any)."""
+    d, kind = _source(tcfg)
+    loaded = _read(d, kind)
+    spec = _with_head(loaded.spec, tcfg)
+    model = loaded
+    if spec.head != loaded.spec.head:  # a new head: initialise everything, then load the encoder
+        model = registry.build(spec)
+        result = model.load_state_dict(loaded.state_dict(), strict=False)
+        if result.unexpected_keys or any(not k.startswith("head.") for k in result.missing_keys):
+            raise SpecError(f"init_from: {str(d)!r} does not fit its own spec with a new head ({result})")
+        print(f"bertsmith: {d} has no head; starting a new {spec.head.kind} head")
+    if (d / "tokenizer.json").is_file():
+        tcfg = tcfg.model_copy(
+            update={"tokenizer": TokenizerConfig(kind="file", path=str(d / "tokenizer.json"))}
+        )
+    return model, tcfg
+
+
+def fit(model, data):
+    """The model's spec, once the tokenizer is known to fit it (no resizing: the weights are
+    the directory's)."""
+    spec, tok = model.spec, data.tok
+    if tok.size > spec.vocab_size:
+        raise SpecError(
+            f"init_from: the tokenizer has {tok.size} tokens, the model's vocab_size is "
+            f"{spec.vocab_size}; allowed: a tokenizer that fits (a tokenizer.json in the model "
+            "directory, or tokenizer=file tokenizer.path=...)"
+        )
+    if tok.pad_id != spec.pad_token_id:
+        raise SpecError(
+            f"init_from: the tokenizer's pad id is {tok.pad_id}, the model's pad_token_id is "
+            f"{spec.pad_token_id}; allowed: the same id"
+        )
+    return spec

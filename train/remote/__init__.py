@@ -1,0 +1,248 @@
+"""Remote-code exports: one self-contained ``modeling_bertsmith.py`` built from bertsmith's
+own sources, for compositions no transformers class holds.
+
+The file is the concatenation of::
+
+    train/remote/stubs.py      stand-ins for registry.core / pydantic (register, Params, ...)
+    blocks/<slot>.py ...       the block modules the spec uses, plus what they import
+    registry/builder.py        the one builder, unchanged
+    train/remote/modeling.py   transformers' PreTrainedConfig / PreTrainedModel wrappers
+
+each copied verbatim except for its imports of bertsmith modules and pydantic, which are
+dropped because the names they bring are defined in the same file. The result imports only
+torch, transformers and the standard library, and runs bertsmith's forward pass exactly.
+
+A block defined outside ``blocks/`` (a plugin registered by user code), or one whose source
+imports another third-party package, cannot be copied this way: ``refusals`` names its slot.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import sys
+from importlib import import_module
+from pathlib import Path
+
+import registry
+from registry.errors import SpecError
+
+ROOT = Path(__file__).resolve().parents[2]
+FILE = "modeling_bertsmith.py"
+# the order a reader meets the blocks in the generated file (dependencies still come first)
+READING_ORDER = [f"blocks.{m}" for m in ("stream", "kernel", "positional", "attention", "encoder")]
+READING_ORDER += [f"blocks.{m}" for m in ("mlp", "activation", "norm", "head")]
+OWN_PACKAGES = ("blocks", "registry", "train", "pydantic")  # imports dropped from copied sources
+ALLOWED_IMPORTS = {"torch", "transformers", *sys.stdlib_module_names}
+# heads by the transformers class that carries them (auto_map name, class in modeling.py)
+HEAD_CLASSES = {
+    "mlm": ("AutoModelForMaskedLM", "BertsmithForMaskedLM"),
+    "nsp": ("AutoModelForMaskedLM", "BertsmithForMaskedLM"),
+    "emd": ("AutoModelForMaskedLM", "BertsmithForMaskedLM"),
+    "classification": ("AutoModelForSequenceClassification", "BertsmithForSequenceClassification"),
+}
+
+
+def chosen_entries(spec) -> list[tuple[str, str, str]]:
+    """(spec key, slot, entry name) of every block the model is built from (``init`` is not:
+    exported weights are loaded, never initialised)."""
+    out = [
+        (f"model.{slot}", slot, getattr(spec, slot).kind) for slot in ("positional", "attention", "kernel")
+    ]
+    out += [
+        ("model.mlp", "mlp", spec.mlp.kind),
+        ("model.mlp.activation", "activation", spec.mlp.activation),
+        ("model.norm", "norm", spec.norm.kind),
+    ]
+    if spec.head is not None:
+        out.append(("model.head", "head", spec.head.kind))
+        if hasattr(spec.head, "activation"):
+            out.append(("model.head.activation", "activation", spec.head.activation))
+    return out
+
+
+def _module_of(slot: str, name: str) -> str:
+    return inspect.getmodule(registry.REGISTRY.get(slot, name).obj).__name__
+
+
+def _path_of(module: str) -> Path:
+    return Path(import_module(module).__file__)
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    """Top-level packages a source imports, skipping ``try`` blocks (as transformers'
+    ``check_imports`` does)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.Try):
+            return
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+def _foreign(path: Path) -> list[str]:
+    """Third-party packages (other than torch, transformers and bertsmith's own) a file imports."""
+    imported = _imports(ast.parse(path.read_text(encoding="utf-8")))
+    return sorted(imported - ALLOWED_IMPORTS - set(OWN_PACKAGES) - {"__future__"})
+
+
+def refusals(spec) -> list[str]:
+    """One line per slot whose block cannot be copied into a remote-code file."""
+    lines = []
+    for key, slot, name in chosen_entries(spec):
+        module = _module_of(slot, name)
+        if module.split(".")[0] != "blocks":
+            lines.append(
+                f"{key}: given {name!r}, a block registered by module {module!r} outside bertsmith's "
+                "blocks/ package; allowed: blocks from blocks/ (a remote-code export copies only their source)"
+            )
+        elif extra := _foreign(_path_of(module)):
+            lines.append(
+                f"{key}: given {name!r}, whose source {module.replace('.', '/')}.py imports "
+                f"{', '.join(extra)}; allowed: blocks that need only torch (a remote-code export "
+                "must load with torch and transformers alone)"
+            )
+    if spec.head is not None and spec.head.kind not in HEAD_CLASSES:
+        lines.append(
+            f"model.head: given {spec.head.kind!r}, which no remote-code class carries; "
+            f"allowed: {', '.join(HEAD_CLASSES)} or none"
+        )
+    return lines
+
+
+def _block_dependencies(module: str) -> list[str]:
+    tree = ast.parse(_path_of(module).read_text(encoding="utf-8"))
+    return [
+        n.module
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] == "blocks"
+    ]
+
+
+def modules_for(spec) -> list[str]:
+    """The block modules the spec needs, each after the modules it imports."""
+    wanted = ["blocks.stream", "blocks.attention", "blocks.encoder"]  # the builder and its imports
+    wanted += [_module_of(slot, name) for _, slot, name in chosen_entries(spec)]
+    order: list[str] = []
+
+    def add(module: str) -> None:
+        if module in order:
+            return
+        for dep in _block_dependencies(module):
+            add(dep)
+        order.append(module)
+
+    for module in sorted(
+        set(wanted), key=lambda m: (READING_ORDER.index(m) if m in READING_ORDER else 99, m)
+    ):
+        add(module)
+    return order
+
+
+def _strip_own_imports(source: str) -> tuple[str, set[str]]:
+    """Drop ``from __future__`` and imports of bertsmith modules / pydantic; returns the
+    new source and the names those imports brought (they must be defined in the file)."""
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    names: set[str] = set()
+    spans = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            top = node.module.split(".")[0]
+            if top == "__future__" or top in OWN_PACKAGES:
+                spans.append(node)
+                if top != "__future__":
+                    names.update(a.asname or a.name for a in node.names)
+        elif isinstance(node, ast.Import) and any(a.name.split(".")[0] in OWN_PACKAGES for a in node.names):
+            spans.append(node)
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    for node in sorted(spans, key=lambda n: n.lineno, reverse=True):
+        # nested imports become ``pass`` so the block around them stays valid
+        keep = [" " * node.col_offset + "pass\n"] if node.col_offset else []
+        lines[node.lineno - 1 : node.end_lineno] = keep
+    return "".join(lines), names
+
+
+def _defined(tree: ast.Module) -> set[str]:
+    out: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out.update(t.id for t in targets if isinstance(t, ast.Name))
+    return out
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("bertsmith")
+    except Exception:  # running from a checkout that is not installed
+        return "unknown"
+
+
+def modeling_source(spec) -> str:
+    """The self-contained ``modeling_bertsmith.py`` for ``spec`` (``SpecError`` naming the
+    slot when a block cannot be copied)."""
+    if lines := refusals(spec):
+        raise SpecError(lines)
+    files = [
+        ROOT / "train" / "remote" / "stubs.py",
+        *(_path_of(m) for m in modules_for(spec)),
+        ROOT / "registry" / "builder.py",
+        ROOT / "train" / "remote" / "modeling.py",
+    ]
+    sections, needed, owner = [], set(), {}
+    for path in files:
+        body, names = _strip_own_imports(path.read_text(encoding="utf-8"))
+        needed |= names
+        for name in _defined(ast.parse(body)):
+            if name in owner:  # a bug in bertsmith's sources, not a user mistake
+                raise RuntimeError(f"remote code: {name!r} is defined in both {owner[name]} and {path.name}")
+            owner[name] = path.relative_to(ROOT).as_posix()
+        rel = path.relative_to(ROOT).as_posix()
+        sections.append(f"# {'-' * 20} {rel} {'-' * max(4, 70 - len(rel))}\n\n{body.strip()}\n")
+    listing = "\n".join(f"    {path.relative_to(ROOT).as_posix()}" for path in files)
+    header = (
+        f'"""bertsmith remote code for {spec.name!r}, generated by `bertsmith export` '
+        f"(bertsmith {_version()}).\n\n"
+        "Self-contained: needs torch and transformers only. The sections below are bertsmith's\n"
+        "own sources, copied verbatim except for their imports of bertsmith modules and pydantic\n"
+        "(the names those brought are defined in this file):\n\n"
+        f"{listing}\n\n"
+        "config.json's `bertsmith_spec` says which registered blocks to build, with what settings.\n"
+        '"""\n\nfrom __future__ import annotations\n\n'
+    )
+    source = header + "\n\n".join(sections)
+    tree = ast.parse(source)
+    missing = needed - _defined(tree) - {"annotations"}
+    if missing:
+        raise RuntimeError(f"remote code: names no section defines: {', '.join(sorted(missing))}")
+    foreign = _imports(tree) - ALLOWED_IMPORTS
+    if foreign:
+        raise RuntimeError(f"remote code imports {', '.join(sorted(foreign))}")
+    compile(source, FILE, "exec")
+    return source
+
+
+def classes(spec) -> tuple[str, dict[str, str]]:
+    """(the architecture class, the ``auto_map`` of ``config.json``) for ``spec``."""
+    module = FILE.removesuffix(".py")
+    auto = {"AutoConfig": f"{module}.BertsmithConfig", "AutoModel": f"{module}.BertsmithModel"}
+    arch = "BertsmithModel"
+    if spec.head is not None:
+        auto_name, arch = HEAD_CLASSES[spec.head.kind]
+        auto[auto_name] = f"{module}.{arch}"
+        if spec.head.kind == "nsp":
+            auto["AutoModelForPreTraining"] = f"{module}.{arch}"
+    return arch, auto
