@@ -1,37 +1,19 @@
 """A real 2x2 grid, end to end: train -m, then compare; the table against the runs' metrics."""
 
 import csv
-import os
 import statistics
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import TINY_TRAIN, bertsmith
 
 import registry
 from train.callbacks import read_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
-TINY = [
-    "data.max_docs=300",
-    "data.max_val_docs=16",
-    "data.seq_len=64",
-    "data.batch_size=4",
-    "tokenizer.vocab_size=512",
-    "trainer.progress=false",
-    "trainer.max_steps=4",
-    "trainer.val_every=2",
-    "trainer.log_every=1",
-    "model.n_layers=2",
-]
+TINY = [*TINY_TRAIN, "trainer.max_steps=4", "trainer.val_every=2", "model.n_layers=2"]
 
 
 def cli(*args, cache):
-    env = {**os.environ, "BERTSMITH_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "train.cli", *args], capture_output=True, text=True, env=env, timeout=900
-    )
+    return bertsmith(*args, cache=cache)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import max_diff, with_kernel
 
 import registry
 from blocks.positional import log_bucket
@@ -50,18 +51,6 @@ def padded_batch(vocab: int, lengths=LENGTHS, seed: int = 0):
     ids = torch.randint(1, vocab, (len(lengths), L), generator=g)
     mask = (torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]).long()
     return ids.masked_fill(mask == 0, 0), mask
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
-    real = mask.bool()
-    return (a[real].double() - b[real].double()).abs().max().item()
-
-
-def with_kernel(model, kernel: str):
-    spec = model.spec.model_copy(update={"kernel": registry.REGISTRY.get("kernel", kernel).params()})
-    other = registry.build(spec, init=False)
-    other.load_state_dict(model.state_dict())
-    return other.eval()
 
 
 # --- log buckets -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 import torch
 import transformers
 import yaml
+from helpers import TINY_BERT, TINY_MODERNBERT, max_diff
 from safetensors.torch import load_file
 
 import registry
@@ -95,12 +96,6 @@ def padded_batch(vocab: int, pad: int, lengths=(150, 97, 13, 1), seed: int = 0):
     ids = ids + (ids >= pad).long()
     mask = (torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]).long()
     return ids.masked_fill(mask == 0, pad), mask
-
-
-def max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    if mask is not None:
-        a, b = a[mask.bool()], b[mask.bool()]
-    return (a.double() - b.double()).abs().max().item()
 
 
 def no_leftovers(parent: Path, name: str) -> bool:
@@ -233,31 +228,7 @@ def test_recipe_export_composes_back_to_the_same_spec(family, runs, cache, tmp_p
 
 # --- HF -> import-hf -> export: byte-identical -------------------------------------------------
 
-_BERT = dict(
-    vocab_size=89,
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    intermediate_size=48,
-    max_position_embeddings=64,
-)
-_MODERNBERT = dict(
-    vocab_size=89,
-    hidden_size=32,
-    intermediate_size=40,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    local_attention=16,
-    global_attn_every_n_layers=3,
-    global_rope_theta=1000.0,
-    local_rope_theta=300.0,
-    max_position_embeddings=128,
-    pad_token_id=0,
-    bos_token_id=None,
-    eos_token_id=None,
-    cls_token_id=None,
-    sep_token_id=None,
-)
+_BERT, _MODERNBERT = TINY_BERT, TINY_MODERNBERT
 _DEBERTA = dict(
     _BERT,
     relative_attention=True,

@@ -20,6 +20,7 @@ import math
 
 import pytest
 import torch
+from helpers import TINY_BERT, TINY_MODERNBERT, max_diff, with_kernel
 
 import registry
 from blocks.positional import alibi_slopes
@@ -66,19 +67,6 @@ def padded_batch(vocab: int, pad: int, lengths=LENGTHS, seed: int = 0):
     return ids.masked_fill(mask == 0, pad), mask
 
 
-def max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
-    real = mask.bool()
-    return (a[real].double() - b[real].double()).abs().max().item()
-
-
-def with_kernel(model, kernel: str):
-    """Our model rebuilt with another kernel and the same weights."""
-    spec = model.spec.model_copy(update={"kernel": registry.REGISTRY.get("kernel", kernel).params()})
-    other = registry.build(spec, init=False)
-    other.load_state_dict(model.state_dict())
-    return other.eval()
-
-
 # --- transformers references -------------------------------------------------------------
 
 
@@ -86,12 +74,7 @@ def _bert(cls_name: str, **cfg):
     import transformers
 
     base = dict(
-        vocab_size=89,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=48,
-        max_position_embeddings=64,
+        TINY_BERT,
         type_vocab_size=2,
         hidden_dropout_prob=0.1,  # imported as dropout; eval() must switch it off
         attention_probs_dropout_prob=0.1,
@@ -104,23 +87,7 @@ def _bert(cls_name: str, **cfg):
 def _modernbert(cls_name: str, **cfg):
     import transformers
 
-    base = dict(
-        vocab_size=89,
-        hidden_size=32,
-        intermediate_size=40,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        local_attention=16,
-        global_attn_every_n_layers=3,  # layers 0 and 3 global, 1 and 2 local
-        global_rope_theta=1000.0,
-        local_rope_theta=300.0,
-        max_position_embeddings=128,
-        pad_token_id=0,
-        bos_token_id=None,
-        eos_token_id=None,
-        cls_token_id=None,
-        sep_token_id=None,
-    )
+    base = dict(TINY_MODERNBERT)
     base.update(cfg)
     return getattr(transformers, cls_name)(transformers.ModernBertConfig(**base, attn_implementation="eager"))
 

@@ -1,27 +1,15 @@
 """`bertsmith train` end to end: every family, resume after a kill, DDP, bad input."""
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+from helpers import TINY_TRAIN, bertsmith
 
 import registry
 from train.callbacks import read_metrics
 
-ROOT = Path(__file__).resolve().parent.parent
-SMALL = [
-    "data.max_docs=300",
-    "data.max_val_docs=16",
-    "data.seq_len=64",
-    "data.batch_size=4",
-    "tokenizer.vocab_size=512",
-    "trainer.progress=false",
-    "trainer.log_every=1",
-]
+SMALL = TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +18,9 @@ def cache(tmp_path_factory):
 
 
 def train(run_dir, *overrides, cache, wait=True):
-    cmd = [sys.executable, "-m", "train.cli", "train", *SMALL, f"hydra.run.dir={run_dir}", *overrides]
-    env = {**os.environ, "BERTSMITH_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
-    if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    return bertsmith(
+        "train", *SMALL, f"hydra.run.dir={run_dir}", *overrides, cache=cache, wait=wait, timeout=600
+    )
 
 
 FAMILY_EXTRAS = {  # each family also exercises one trainer feature

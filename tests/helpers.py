@@ -1,0 +1,76 @@
+"""Pieces several test files share: tiny reference configs, comparisons, the CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# tiny transformers configs (kwargs of BertConfig / ModernBertConfig)
+TINY_BERT = dict(
+    vocab_size=89,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=64,
+)
+TINY_MODERNBERT = dict(
+    vocab_size=89,
+    hidden_size=32,
+    intermediate_size=40,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    local_attention=16,
+    global_attn_every_n_layers=3,  # layers 0 and 3 global, 1 and 2 local
+    global_rope_theta=1000.0,
+    local_rope_theta=300.0,
+    max_position_embeddings=128,
+    pad_token_id=0,
+    bos_token_id=None,
+    eos_token_id=None,
+    cls_token_id=None,
+    sep_token_id=None,
+)
+
+# `bertsmith train` overrides that make a run take seconds
+TINY_TRAIN = [
+    "data.max_docs=300",
+    "data.max_val_docs=16",
+    "data.seq_len=64",
+    "data.batch_size=4",
+    "tokenizer.vocab_size=512",
+    "trainer.progress=false",
+    "trainer.log_every=1",
+]
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    """Largest absolute difference, at real tokens when ``mask`` is given, in float64."""
+    if mask is not None:
+        a, b = a[mask.bool()], b[mask.bool()]
+    return (a.double() - b.double()).abs().max().item()
+
+
+def with_kernel(model, kernel: str):
+    """Our model rebuilt with another kernel and the same weights."""
+    spec = model.spec.model_copy(update={"kernel": registry.REGISTRY.get("kernel", kernel).params()})
+    other = registry.build(spec, init=False)
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+def bertsmith(*args: str, cache: Path, wait: bool = True, timeout: int = 900):
+    """Run ``bertsmith ARGS`` in a subprocess with its own tokenizer cache."""
+    cmd = [sys.executable, "-m", "train.cli", *args]
+    env = {**os.environ, "BERTSMITH_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    if not wait:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
