@@ -7,13 +7,14 @@ slot compatibility live in ``registry.rules``; this module checks types and rang
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
 import blocks  # noqa: F401  (fills the registry)
 from registry.core import REGISTRY
-from registry.errors import SpecError, choice, nearest
+from registry.errors import SpecError, choice, nearest, shown
 
 
 class _Frozen(BaseModel):
@@ -43,6 +44,21 @@ class DropoutSpec(_Frozen):
     mlp: float = Field(0.0, ge=0, lt=1)
 
 
+# Upper bounds far past any published encoder (XLM-R's 250k vocabulary, 8k-token contexts,
+# 48 layers), so a typo like d_model=1e30 or n_layers=1e9 is an error line instead of an
+# overflow inside torch or a meta build that never ends.
+LIMITS = {
+    "vocab_size": 2**22,
+    "d_model": 2**16,
+    "n_layers": 1024,
+    "d_ff": 2**20,
+    "max_seq_len": 2**20,
+    "type_vocab_size": 2**16,
+}
+# sizes are integers, not anything that converts to one: `n_layers: true` is a mistake, not 1
+_Int = Annotated[int, Strict()]
+
+
 def _slot_type(slot: str):
     models = tuple(e.params for e in REGISTRY.entries[slot].values())
     if len(models) == 1:
@@ -58,15 +74,15 @@ EncoderSpec = create_model(
     "EncoderSpec",
     __base__=_Frozen,
     __doc__="A whole encoder: sizes, one entry per slot, bias toggles, dropouts.",
-    name=(str, "encoder"),
-    vocab_size=(int, Field(..., gt=0)),
-    d_model=(int, Field(..., gt=0)),
-    n_layers=(int, Field(..., gt=0)),
-    n_heads=(int, Field(..., gt=0)),
-    d_ff=(int, Field(..., gt=0)),
-    max_seq_len=(int, Field(512, gt=0)),
-    type_vocab_size=(int, Field(0, ge=0)),
-    pad_token_id=(int, Field(0, ge=0)),
+    name=(str, Field("encoder", max_length=200)),
+    vocab_size=(_Int, Field(..., gt=0, le=LIMITS["vocab_size"])),
+    d_model=(_Int, Field(..., gt=0, le=LIMITS["d_model"])),
+    n_layers=(_Int, Field(..., gt=0, le=LIMITS["n_layers"])),
+    n_heads=(_Int, Field(..., gt=0, le=LIMITS["d_model"])),
+    d_ff=(_Int, Field(..., gt=0, le=LIMITS["d_ff"])),
+    max_seq_len=(_Int, Field(512, gt=0, le=LIMITS["max_seq_len"])),
+    type_vocab_size=(_Int, Field(0, ge=0, le=LIMITS["type_vocab_size"])),
+    pad_token_id=(_Int, Field(0, ge=0)),
     positional=(_slot_type("positional"), ...),
     attention=(_slot_type("attention"), Field(default_factory=lambda: _default("attention", "global"))),
     kernel=(_slot_type("kernel"), Field(default_factory=lambda: _default("kernel", "sdpa"))),
@@ -96,8 +112,8 @@ def _line(err: dict, prefix: str) -> str:
     etype, given = err["type"], err.get("input")
     # discriminated unions put the tag in the location: positional.rope.theta -> positional.theta
     tag = loc[1] if len(loc) > 1 and loc[0] in SLOT_FIELDS else None
-    shown = loc[:1] + loc[2:] if tag in REGISTRY.entries.get(loc[0], {}) else loc
-    key = prefix + ".".join(shown)
+    path = loc[:1] + loc[2:] if tag in REGISTRY.entries.get(loc[0], {}) else loc
+    key = prefix + ".".join(path)
     if etype in ("union_tag_invalid", "union_tag_not_found"):
         slot = loc[0]
         given = given.get("kind") if isinstance(given, dict) else given
@@ -114,11 +130,23 @@ def _line(err: dict, prefix: str) -> str:
     if etype == "missing":
         return f"{key}: missing; a value is required"
     if len(loc) == 1 and loc[0] in SLOT_FIELDS and not isinstance(given, dict):
-        return f"{key}: given {given!r}, allowed: a mapping with 'kind' (one of {', '.join(REGISTRY.names(loc[0]))})"
+        return f"{key}: given {shown(given)}, allowed: a mapping with 'kind' (one of {', '.join(REGISTRY.names(loc[0]))})"
     msg = err["msg"]
     for lead in ("Input should be ", "Value error, "):
         msg = msg.removeprefix(lead)
-    return f"{key}: given {given!r}, allowed: {msg}"
+    return f"{key}: given {shown(given)}, allowed: {msg}"
+
+
+def _non_finite(node, key: str) -> list[str]:
+    """One line per inf or nan anywhere in ``node`` (YAML reads 1e400 as inf): no size, rate
+    or epsilon of a model is meant to be one, and every block would pass it through."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{key}: given {node!r}, allowed: a finite number"]
+    if isinstance(node, dict):
+        return [line for k, v in node.items() for line in _non_finite(v, f"{key}.{k}")]
+    if isinstance(node, list):
+        return [line for i, v in enumerate(node) for line in _non_finite(v, f"{key}[{i}]")]
+    return []
 
 
 def parse_spec(data: dict, prefix: str = "model.") -> BaseModel:
@@ -126,6 +154,8 @@ def parse_spec(data: dict, prefix: str = "model.") -> BaseModel:
     problem, each naming the key (``prefix`` + dotted path), what was given and what is allowed."""
     if not isinstance(data, dict):
         raise SpecError(f"{prefix.rstrip('.') or 'spec'}: given {type(data).__name__}, allowed: a mapping")
+    if bad := _non_finite(data, prefix.rstrip(".")):
+        raise SpecError(bad)
     try:
         return EncoderSpec.model_validate(data)
     except ValidationError as e:

@@ -106,7 +106,9 @@ def parse_config(cfg: DictConfig, task_overrides: list[str]):
     try:
         data = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as e:
-        raise SpecError(f"config: interpolation failed: {' '.join(str(e).split())[:200]}") from None
+        key = getattr(e, "full_key", None) or "config"
+        why = " ".join(str(e).split("\n    full_key:")[0].split())  # OmegaConf appends the key again
+        raise SpecError(f"{key}: interpolation failed: {why[:200]}") from None
     data.pop("hydra", None)
     _, explicit = hydra_overrides(list(task_overrides), others=True)
     model = finish_model_config(data.pop("model"), explicit)
@@ -130,12 +132,17 @@ def precheck(overrides: list[str]) -> None:
     plain = [o for o in overrides if not o.startswith("-")]
     try:
         with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=plain)
+            cfg = compose(config_name="train", overrides=plain, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise SpecError(_hydra_line(str(e))) from None
-    from train.loop import cheap_checks
+    except RecursionError:  # a recipe whose defaults reach itself
+        raise SpecError(
+            "defaults: a recipe includes itself (directly or through another), allowed: a tree"
+        ) from None
+    from train.loop import cheap_checks, planned_run_dir
 
-    cheap_checks(*parse_config(cfg, [o for o in plain if not o.startswith("hydra.")]))
+    run_dir = planned_run_dir(cfg)  # checked for room and permission before Hydra creates it
+    cheap_checks(*parse_config(cfg, [o for o in plain if not o.startswith("hydra.")]), run_dir)
 
 
 def _hydra_line(msg: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+import pickle
+import re
 from pathlib import Path
 
 import lightning as L
@@ -11,12 +13,18 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from registry.errors import SpecError
+
 COLUMNS = ["step", "train_loss", "lr", "tokens_per_s", "val_loss", "val_mlm_acc", "val_nsp_acc"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints written to a temporary file and renamed, so a kill mid-write leaves the
-    previous checkpoint intact; loaded with ``weights_only=True`` (no unpickling of code)."""
+    previous checkpoint intact; loaded with ``weights_only=True`` (no unpickling of code).
+
+    A write that fails (disk full, quota, permissions) is one error line naming the file;
+    the previous checkpoint stays where it was. A SIGKILL can leave the temporary file
+    (``.NAME.PID.tmp``) behind: ``resume=true`` removes it."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
@@ -25,11 +33,35 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             torch.save(checkpoint, tmp)
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:
+            # torch's zip writer reports a full disk as RuntimeError("... file write failed")
+            if isinstance(e, RuntimeError) and "writ" not in str(e):
+                raise
+            why = e.strerror if isinstance(e, OSError) and e.strerror else " ".join(str(e).split())[-120:]
+            raise SpecError(
+                f"checkpoint: could not write {str(path)!r} ({why}); the previous checkpoint is "
+                "kept; allowed: a run directory with free space and write permission"
+            ) from None
         finally:
             tmp.unlink(missing_ok=True)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        try:
+            return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and plain data
+            found = re.search(r"(?:unsupported|Unsupported global:) (GLOBAL \S+)", str(e))
+            raise SpecError(
+                f"checkpoint: given {str(path)!r}{' holding ' + found[1] if found else ''}, allowed: "
+                "tensors and plain data only (checkpoints are loaded with weights_only=True; "
+                "nothing in them is run)"
+            ) from None
+        except RuntimeError as e:
+            if "zip archive" not in str(e) and "PytorchStreamReader" not in str(e):
+                raise
+            raise SpecError(
+                f"checkpoint: given {str(path)!r}, allowed: a complete checkpoint (this one is "
+                "truncated or damaged)"
+            ) from None
 
 
 class MetricsCSV(L.Callback):

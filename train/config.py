@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from registry.errors import SpecError, nearest
+from registry.errors import SpecError, nearest, shown
 
 
 class _Cfg(BaseModel):
@@ -95,6 +95,9 @@ class CheckpointConfig(_Cfg):
 
 
 class TrainerConfig(_Cfg):
+    """Lightning settings. ``skip_nonfinite`` is the numerical guard: how many steps with an
+    inf/nan loss or gradient are skipped (no update) before the run stops (``train.module``)."""
+
     max_steps: int = Field(300, ge=1)
     precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     accumulate: int = Field(1, ge=1)
@@ -108,6 +111,12 @@ class TrainerConfig(_Cfg):
     threads: int | None = Field(None, ge=1)
     progress: bool = True
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    skip_nonfinite: int = Field(
+        0,
+        ge=0,
+        description="batches whose loss or gradients are inf/nan that may be skipped (no optimizer "
+        "update) before the run stops; 0 stops at the first",
+    )
 
 
 class TrainConfig(_Cfg):
@@ -165,5 +174,5 @@ def parse_train_config(data: dict) -> TrainConfig:
             if ": given " in msg:  # our validators name the sub-key themselves
                 lines.append(f"{key + '.' if key else ''}{msg}")
             else:
-                lines.append(f"{key}: given {err.get('input')!r}, allowed: {msg}")
+                lines.append(f"{key}: given {shown(err.get('input'))}, allowed: {msg}")
         raise SpecError(dict.fromkeys(lines)) from None

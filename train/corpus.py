@@ -5,12 +5,18 @@ Sources (``data.source``):
 - ``stdlib``: the docstrings of the running Python's standard library, read with ``ast``
   (nothing is imported or executed) — real English text on every machine, no download;
 - ``files``: a ``.txt`` / ``.jsonl`` / ``.parquet`` file or a folder of them (``.txt``:
-  documents separated by blank lines; ``.jsonl`` / ``.parquet``: the ``text_column``);
+  documents separated by blank lines, a line of only spaces counting as blank; ``.jsonl`` /
+  ``.parquet``: the ``text_column``);
 - ``hf``: a Hugging Face ``datasets`` dataset by name or local path (``name``, ``split``,
   ``text_column``; ``streaming`` for corpora larger than memory).
 
 A document belongs to the validation split iff a hash of its text falls below
 ``val_fraction``, so the split does not depend on order, streaming or sharding.
+
+A corpus is read once, before training, unless it is streamed: then it is read again every
+epoch, and a file that disappears or changes into something unreadable mid-run stops the run
+with one error line (the last checkpoint is kept). Documents longer than ``data.seq_len`` are
+split into several sequences, never truncated (``train.packing.split_documents``).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import sys
 import sysconfig
 from collections.abc import Iterator
@@ -41,6 +48,7 @@ _SKIP_DIRS = {
     "venv",
 }
 MIN_DOC_CHARS = 40
+_BLANK_LINE = re.compile(r"\n[ \t\f\v]*\n")
 
 
 def cache_dir() -> Path:
@@ -104,7 +112,12 @@ def stdlib_documents() -> list[str]:
 
 
 def _read_text(path: Path, errors: str) -> str:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"data.path: {str(path)!r} disappeared while being read") from None
+    except OSError as e:
+        raise SpecError(f"data.path: given {str(path)!r}, allowed: a readable file ({e.strerror})") from None
     try:
         return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
@@ -116,7 +129,8 @@ def _read_text(path: Path, errors: str) -> str:
 
 def _file_documents(path: Path, text_column: str, errors: str) -> Iterator[str]:
     if path.suffix == ".txt":
-        for block in _read_text(path, errors).replace("\r\n", "\n").split("\n\n"):
+        # a line of spaces or tabs separates documents like an empty one: it looks the same
+        for block in _BLANK_LINE.split(_read_text(path, errors).replace("\r\n", "\n")):
             if block.strip():
                 yield block.strip()
     elif path.suffix == ".jsonl":
@@ -200,12 +214,27 @@ def hf_documents(name: str, split: str, text_column: str, streaming: bool) -> It
             f"data.name: given {name!r}, allowed: a loadable dataset "
             f"({type(e).__name__}: {' '.join(str(e).split())[:160]})"
         ) from None
-    for row in ds:
+    for row in _readable(ds, name):
         text = row.get(text_column)
         if text is None:
             raise SpecError(f"data.text_column: given {text_column!r}, allowed: one of {', '.join(row)}")
         if isinstance(text, str) and text.strip():
             yield text.strip()
+
+
+def _readable(ds, name: str) -> Iterator[dict]:
+    """The rows of ``ds``; a streamed file that is gone or unreadable is one error line."""
+    rows = iter(ds)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except OSError as e:
+            raise SpecError(
+                f"data.name: given {name!r}, allowed: a readable dataset ({e.strerror or e})"
+            ) from None
+        yield row
 
 
 def documents(data) -> Iterator[str]:

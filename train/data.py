@@ -224,11 +224,20 @@ class StreamingBatches(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         i = 0
-        for rows in self._row_batches():
-            if i >= self.start * self.world and i % self.world == self.rank:
-                batch = Rows(rows, 1.0, 0).collate(rows, self.seq_len)
-                yield self._masker._mask(batch, _generator(self.seed, 1, i), self.objective.mask_ratio)
-            i += 1
+        try:
+            for rows in self._row_batches():
+                if i >= self.start * self.world and i % self.world == self.rank:
+                    batch = Rows(rows, 1.0, 0).collate(rows, self.seq_len)
+                    yield self._masker._mask(batch, _generator(self.seed, 1, i), self.objective.mask_ratio)
+                i += 1
+        except SpecError as e:  # the corpus changed under a running job: say so, and what is kept
+            raise SpecError(
+                [
+                    f"{line} (during training, at batch {i}: a streaming corpus is read again every "
+                    "epoch; restore it, then resume=true continues from the last checkpoint)"
+                    for line in e.lines
+                ]
+            ) from None
 
 
 @dataclass

@@ -23,7 +23,7 @@ from registry.spec import parse_spec, spec_dict
 from train import corpus, init_from
 from train.callbacks import AtomicCheckpointIO, MetricsCSV, StepProgressBar, read_metrics
 from train.data import Data, StreamingBatches, build_data
-from train.module import PretrainModule
+from train.module import NonFiniteError, PretrainModule, all_finite
 from train.tokenizer import load_tokenizer
 
 
@@ -51,7 +51,11 @@ class PretrainDataModule(L.LightningDataModule):
 
 class PeakRSS:
     """The largest resident set size of this process while the block runs, sampled every
-    50 ms (jobs of a sweep may share a process, so the process-lifetime peak would mislead)."""
+    ``interval`` s (jobs of a sweep may share a process, so the process-lifetime peak would
+    mislead)."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval = interval
 
     def __enter__(self):
         self.max_bytes, self._stop = self._rss(), threading.Event()
@@ -60,7 +64,7 @@ class PeakRSS:
         return self
 
     def _watch(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(self.interval):
             self.max_bytes = max(self.max_bytes, self._rss())
 
     @staticmethod
@@ -79,7 +83,99 @@ class PeakRSS:
         self.max_bytes = max(self.max_bytes, self._rss())
 
 
-def check_run_dir(run_dir: Path, resume: bool, params: int) -> Path | None:
+def checkpoint_bytes(n_params: int) -> int:
+    """Size of one training checkpoint: fp32 weights and AdamW's two moments (mixed precision
+    keeps fp32 master weights too); the rest of a checkpoint is small."""
+    return n_params * 4 * 3
+
+
+def disk_needed(n_params: int, tcfg, written: int = 0) -> tuple[int, int]:
+    """(bytes, checkpoints) a run still writes: every ``step=N.ckpt`` not yet on disk, one more
+    for ``last.ckpt`` (kept, and rewritten through a temporary file), the final fp32 model and
+    64 MiB for metrics, configs and the tokenizer."""
+    t = tcfg.trainer
+    n = max(0, t.max_steps // t.checkpoint.every_n_steps - written) + 2
+    return n * checkpoint_bytes(n_params) + n_params * 4 + 64 * 2**20, n
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(run_dir: Path, n_params: int, tcfg) -> None:
+    """Before anything is written (``bertsmith train`` calls this before Hydra creates the run
+    directory): the run directory, or the directory it would be created in, must be a
+    writable directory with room for the run's checkpoints."""
+    run_dir = Path(run_dir)
+    base = _nearest_existing(run_dir.absolute())
+    if not base.is_dir():
+        raise SpecError(
+            f"hydra.run.dir: given {str(run_dir)!r}, allowed: a path of directories ({str(base)!r} is a file)"
+        )
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise SpecError(
+            f"hydra.run.dir: given {str(run_dir)!r}, allowed: a writable directory "
+            f"(no write permission for {str(base)!r})"
+        )
+    written = len(list((run_dir / "checkpoints").glob("step=*.ckpt"))) if tcfg.resume else 0
+    _check_space(run_dir, base, n_params, tcfg, written)
+
+
+def _check_space(run_dir: Path, where: Path, n_params: int, tcfg, written: int) -> None:
+    need, n = disk_needed(n_params, tcfg, written)
+    free = shutil.disk_usage(where).free
+    if free < need:
+        raise SpecError(
+            f"hydra.run.dir: given {str(run_dir)!r} with {free / 2**20:,.0f} MiB free, allowed: at "
+            f"least {need / 2**20:,.0f} MiB free ({n} checkpoints of "
+            f"{checkpoint_bytes(n_params) / 2**20:,.0f} MiB and the final model; "
+            "fewer with a larger trainer.checkpoint.every_n_steps)"
+        )
+
+
+def estimate_params(spec, tcfg) -> int:
+    """Parameters of the model ``train`` will build, counted on the meta device (no memory);
+    the vocabulary follows the tokenizer, as ``fit_spec_to_data`` will make it."""
+    if tcfg.tokenizer.kind != "file" and not tcfg.init_from:
+        vocab = -(-tcfg.tokenizer.vocab_size // 64) * 64
+        spec = spec.model_copy(update={"vocab_size": max(vocab, spec.pad_token_id + 1)})
+    with torch.device("meta"):
+        return sum(p.numel() for p in registry.build(spec, init=False).parameters())
+
+
+def planned_run_dir(cfg) -> Path | None:
+    """The run directory a composed ``train`` config (with its ``hydra`` node, which is
+    removed) will use, or None if it cannot be told before Hydra starts."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    if "hydra" not in cfg:
+        return None
+    try:
+        HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.choices.model} reads it
+        run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    except (OmegaConfBaseException, ValueError):
+        run_dir = None
+    with open_dict(cfg):
+        cfg.pop("hydra")
+    return Path(str(run_dir)) if run_dir else None
+
+
+def refuse_overwrite(run_dir: Path, resume: bool) -> Path:
+    """``checkpoints/last.ckpt`` of ``run_dir``; an error if it exists and ``resume`` is false."""
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    if last.exists() and not resume:
+        raise SpecError(
+            f"resume: given false, but {str(run_dir)!r} already holds a run "
+            "(checkpoints/last.ckpt); allowed: resume=true to continue it, or another hydra.run.dir"
+        )
+    return last
+
+
+def check_run_dir(run_dir: Path, resume: bool, params: int, tcfg=None) -> Path | None:
     """Fail early on an unwritable or full disk; refuse to overwrite an existing run.
     Returns the checkpoint to resume from, if any."""
     try:
@@ -91,24 +187,19 @@ def check_run_dir(run_dir: Path, resume: bool, params: int) -> Path | None:
         raise SpecError(
             f"hydra.run.dir: given {str(run_dir)!r}, allowed: a writable directory ({e.strerror or e})"
         ) from None
-    need = params * 4 * 4 + 64 * 2**20  # weights + two Adam moments + slack, one checkpoint
-    free = shutil.disk_usage(run_dir).free
-    if free < need:
-        raise SpecError(
-            f"hydra.run.dir: given {str(run_dir)!r} with {free / 2**20:.0f} MiB free, "
-            f"allowed: at least {need / 2**20:.0f} MiB free for checkpoints"
-        )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.exists() and not resume:
-        raise SpecError(
-            f"resume: given false, but {str(run_dir)!r} already holds a run "
-            "(checkpoints/last.ckpt); allowed: resume=true to continue it, or another hydra.run.dir"
-        )
+    last = refuse_overwrite(run_dir, resume)
+    if tcfg is not None:
+        written = len(list((run_dir / "checkpoints").glob("step=*.ckpt"))) if resume else 0
+        _check_space(run_dir, run_dir, params, tcfg, written)
+    if resume:  # a kill during a write leaves its temporary file; the renamed-to file is intact
+        for tmp in (run_dir / "checkpoints").glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
     return last if resume and last.exists() else None
 
 
-def cheap_checks(spec, tcfg) -> None:
-    """What can be checked before any data is read or anything is written."""
+def cheap_checks(spec, tcfg, run_dir: Path | None = None) -> None:
+    """What can be checked before any data is read or anything is written; with ``run_dir``,
+    also that it can be written and has room for the run's checkpoints."""
     if tcfg.init_from:  # the model directory's spec replaces the recipe's
         spec = init_from.spec_of(tcfg)
     entry = registry.REGISTRY.get("positional", spec.positional.kind)
@@ -128,6 +219,9 @@ def cheap_checks(spec, tcfg) -> None:
     if tcfg.tokenizer.kind == "file":
         load_tokenizer(tcfg.tokenizer.path)
     registry.check(spec, device=_device(tcfg), training=True)
+    if run_dir is not None:
+        refuse_overwrite(run_dir, tcfg.resume)
+        check_writable(run_dir, estimate_params(spec, tcfg), tcfg)
 
 
 def fit_spec_to_data(spec, data: Data):
@@ -148,6 +242,9 @@ def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = Non
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)  # no banner lines around our output
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation
+    # resuming means checkpoints/ is not empty, possibly in a moved run dir: expected, not news
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
     if tcfg.trainer.threads:
         torch.set_num_threads(tcfg.trainer.threads)
     cheap_checks(spec, tcfg)
@@ -165,7 +262,7 @@ def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = Non
     if tcfg.resume and done.exists() and (run_dir / "model" / "model.safetensors").exists():
         print(f"bertsmith: {run_dir} already finished; nothing to resume")  # a re-run sweep skips it
         return json.loads(done.read_text())
-    ckpt = check_run_dir(run_dir, tcfg.resume, n_params)
+    ckpt = check_run_dir(run_dir, tcfg.resume, n_params, tcfg)
     if tcfg.resume and ckpt is None:
         print(f"bertsmith: resume=true but {run_dir} has no checkpoint yet; starting fresh")
     if ckpt is not None:
@@ -191,7 +288,7 @@ def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = Non
         atomic_write(run_dir / "tokenizer.json", lambda p: data.tok.save(p))
 
     t = tcfg.trainer
-    module = PretrainModule(model, tcfg.optim, tcfg.schedule, t.max_steps)
+    module = PretrainModule(model, tcfg.optim, tcfg.schedule, t.max_steps, t.skip_nonfinite)
     if t.compile:
         module.model = torch.compile(module.model, dynamic=True)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
@@ -231,8 +328,14 @@ def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = Non
     )
     dm = PretrainDataModule(data, t.accumulate)
     start = time.time()
-    with PeakRSS() as peak:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    try:
+        with PeakRSS() as peak:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        final = getattr(module.model, "_orig_mod", module.model)
+        if not all_finite(p.detach() for p in final.parameters()):  # the last update overflowed
+            raise NonFiniteError("weights", trainer.global_step, module.skipped)
+    except NonFiniteError as e:
+        raise SpecError(nonfinite_line(e, run_dir, t.skip_nonfinite)) from None
     train_s = time.time() - start
     if trainer.global_step % t.val_every:
         trainer.validate(module, datamodule=dm, verbose=False)
@@ -251,6 +354,37 @@ def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = Non
         summary["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     atomic_write(done, lambda p: p.write_text(json.dumps(summary, indent=2)))
     return summary
+
+
+def keep_last_good(run_dir: Path, good_step: int) -> int | None:
+    """Make ``checkpoints/last.ckpt`` the newest checkpoint of a step at most ``good_step``
+    (see ``NonFiniteError``), so that ``resume=true`` starts from weights that can go on;
+    remove it if there is none. ``step=N.ckpt`` files stay as they are. Returns the step."""
+    ckpts = run_dir / "checkpoints"
+    steps = sorted(int(p.stem[5:]) for p in ckpts.glob("step=*.ckpt") if p.stem[5:].isdigit())
+    good = [s for s in steps if s <= good_step]
+    last = ckpts / "last.ckpt"
+    if not last.exists():
+        return None
+    if good and good[-1] != steps[-1]:
+        atomic_write(last, lambda p: shutil.copyfile(ckpts / f"step={good[-1]}.ckpt", p))
+    elif not good:
+        last.unlink()
+    return good[-1] if good else None
+
+
+def nonfinite_line(e: NonFiniteError, run_dir: Path, allowed: int) -> str:
+    """The one line a numerical fault ends a run with: what, which step, what is kept."""
+    step = keep_last_good(run_dir, e.good_step) if int(os.environ.get("LOCAL_RANK", "0")) == 0 else None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    kept = (
+        f"last good checkpoint: {last} (step {step}); resume=true with a lower optim.lr continues from it"
+        if step is not None
+        else f"no checkpoint from before step {e.good_step + 1} to keep (resume=true starts over)"
+    )
+    skipped = f" after skipping {e.skipped} bad batches" if e.skipped else ""
+    hint = "" if allowed else "; or set trainer.skip_nonfinite=N to skip up to N bad batches"
+    return f"non-finite {e.what} at step {e.step}{skipped}; {kept}{hint}"
 
 
 def summarize(run_dir: Path, model_dir: Path, data: Data, train_s: float) -> dict:
