@@ -17,10 +17,13 @@ Capabilities are declared in ``provides`` (``registry.validate`` reads them): ``
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from blocks.band import band_attention, band_cost, padded_cost, split_attention
 from registry.core import Params, register
 
 
@@ -76,11 +79,36 @@ class Eager:
         return _from_batch(stream, torch.matmul(probs, vb))
 
 
-@register("kernel", "sdpa", provides=CORE_CAPS)
+class SdpaParams(Params):
+    """How sdpa treats sliding windows and variable lengths (``auto`` picks by cost).
+
+    ``band``: local layers in the band layout (blocks/band.py), computing ~1.5·w scores per
+    query instead of the whole padded L×L; ``never`` masks a padded L×L. ``split``: global
+    layers on a variable-length batch one sequence at a time (CPU, where per-call overhead is
+    small), instead of padded and masked; ``never`` always pads."""
+
+    band: Literal["auto", "always", "never"] = "auto"
+    split: Literal["auto", "always", "never"] = "auto"
+
+
+@register("kernel", "sdpa", params=SdpaParams, provides=CORE_CAPS)
 class Sdpa:
-    """``torch.nn.functional.scaled_dot_product_attention`` per batch with a bool or float mask."""
+    """Torch's scaled_dot_product_attention, banded for windows and unpadded for ragged batches.
+
+    Local layers run in the band layout; global layers of a ragged batch one sequence at a
+    time (CPU); anything else per batch with a bool or float mask."""
+
+    def __init__(self, band: str = "auto", split: str = "auto"):
+        self.band = band
+        self.split = split
 
     def __call__(self, q, k, v, stream, window=None, bias=None, dropout_p=0.0, scale=None):
+        slopes = getattr(bias, "slopes", None)
+        uniform = bias is None or slopes is not None  # a bias that is the same for every sequence
+        if window is not None and uniform and self._use_band(stream, window):
+            return band_attention(q, k, v, stream, window, slopes, dropout_p, scale)
+        if window is None and uniform and self._use_split(stream, q.device):
+            return split_attention(q, k, v, stream, bias, dropout_p, scale)
         qb, kb, vb = _to_batch(stream, q, k, v)
         mask = batch_mask(stream, window)
         if bias is not None:
@@ -90,6 +118,16 @@ class Sdpa:
             mask = dense
         o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask, dropout_p=dropout_p, scale=scale)
         return _from_batch(stream, o)
+
+    def _use_band(self, stream, window: int) -> bool:
+        if self.band != "auto":
+            return self.band == "always"
+        return band_cost(stream, window) < padded_cost(stream)
+
+    def _use_split(self, stream, device) -> bool:
+        if self.split != "auto":
+            return self.split == "always" and stream.batch > 1
+        return device.type == "cpu" and stream.batch > 1 and not stream.is_rectangular
 
 
 class FlexParams(Params):

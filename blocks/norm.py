@@ -35,6 +35,10 @@ class LayerNorm(nn.LayerNorm):
     def __init__(self, dim: int, eps: float = 1e-5, bias: bool = True):
         super().__init__(dim, eps=eps, bias=bias)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # under autocast a bf16 input (the MLM head's transform) is normalised in fp32
+        return super().forward(x.to(self.weight.dtype))
+
 
 @register("norm", "rmsnorm", params=NormParams)
 class RMSNorm(nn.Module):
@@ -47,5 +51,6 @@ class RMSNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.weight.dtype)  # under autocast, normalise a bf16 input in fp32
         y = F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return y if self.bias is None else y + self.bias

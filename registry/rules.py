@@ -117,3 +117,30 @@ def _runtime_problems(spec, device: str | None, training: bool) -> list[str]:
                 f"allowed: {', '.join(able)}"
             )
     return out
+
+
+def availability_problems(spec, device: str | None = None) -> list[str]:
+    """What stops the chosen kernel from running on this machine: on ``device``, or wherever
+    it runs when None (no CUDA, a missing or broken optional package).
+
+    A kernel that depends on the machine says why not through ``unavailable(device) -> str |
+    None`` on its class; the others always can. A kernel that does not run on ``device`` at all
+    is left to ``problems`` (one line per problem, not two).
+    """
+    kernel = _chosen(spec, "kernel")
+    if device is not None and f"device:{device}" not in kernel.provides:
+        return []
+    why = _unavailable(kernel, device)
+    if why is None:
+        return []
+    able = [
+        e.name
+        for e in REGISTRY.entries["kernel"].values()
+        if (device is None or f"device:{device}" in e.provides) and _unavailable(e, device) is None
+    ]
+    return [f"model.kernel: given {kernel.name!r}, which {why}; allowed here: {', '.join(able)}"]
+
+
+def _unavailable(entry, device: str | None) -> str | None:
+    hook = getattr(entry.obj, "unavailable", None)
+    return None if hook is None else hook(device)

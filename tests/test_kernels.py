@@ -35,19 +35,30 @@ def _one_thread():
 
 def _kernel_params():
     registered = REGISTRY.entries["kernel"]
-    out = [k for k in registered if k not in ALL_KERNELS]  # anything new is tested too
+    # anything new that runs on CPU is tested too; CUDA-only kernels: tests/test_gpu_kernels.py
+    out = [k for k, e in registered.items() if k not in ALL_KERNELS and "device:cpu" in e.provides]
     for name in ALL_KERNELS:
         marks = () if name in registered else pytest.mark.skip(reason=f"kernel {name!r} is not registered")
         out.append(pytest.param(name, marks=marks, id=name))
     return out
 
 
-KERNELS = _kernel_params()
+# sdpa's fast paths forced on and off: banded windows and one-sequence-at-a-time global
+# layers ("auto" picks them by cost, so short test sequences would otherwise never reach them)
+VARIANTS = {
+    "sdpa:band+split": ("sdpa", {"band": "always", "split": "always"}),
+    "sdpa:padded": ("sdpa", {"band": "never", "split": "never"}),
+}
+KERNELS = _kernel_params() + [pytest.param(v, id=v) for v in VARIANTS]
 OTHERS = [p for p in KERNELS if getattr(p, "values", (p,))[0] != "eager"]
 
 
+def base_and_params(kernel: str) -> tuple[str, dict]:
+    return VARIANTS.get(kernel, (kernel, {}))
+
+
 def provides(kernel: str) -> frozenset[str]:
-    return REGISTRY.get("kernel", kernel).provides
+    return REGISTRY.get("kernel", base_and_params(kernel)[0]).provides
 
 
 def has_backward_on(kernel: str, device: str) -> bool:
@@ -56,8 +67,9 @@ def has_backward_on(kernel: str, device: str) -> bool:
 
 
 def make_kernel(name: str):
-    entry = REGISTRY.get("kernel", name)
-    return entry.obj(**entry.params().model_dump(exclude={"kind"}))
+    base, params = base_and_params(name)
+    entry = REGISTRY.get("kernel", base)
+    return entry.obj(**{**entry.params().model_dump(exclude={"kind"}), **params})
 
 
 def require(kernel: str, *any_of: str) -> None:
@@ -256,7 +268,9 @@ LENGTHS = [19, 12, 5, 1]
 
 def build(config: str, kernel: str, state: dict | None = None):
     recipe, overrides = CONFIGS[config]
-    spec = registry.compose(recipe, [*overrides, f"model/kernel={kernel}"])
+    base, params = base_and_params(kernel)
+    settings = [f"model.kernel.{k}={v}" for k, v in params.items()]
+    spec = registry.compose(recipe, [*overrides, f"model/kernel={base}", *settings])
     refused = registry.problems(spec, device="cpu")
     if refused:  # the kernel cannot run this configuration; validation says so
         pytest.skip("; ".join(refused))
@@ -466,7 +480,7 @@ def test_validation_ignores_capabilities_a_spec_does_not_need(crippled):
 @pytest.mark.parametrize("kernel", list(REGISTRY.entries["kernel"]))
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_training_on_a_device_needs_backward_there(kernel, device):
-    spec = _kernel_spec(_spec("modernbert-tiny"), kernel)
+    spec = _kernel_spec(_spec("modernbert-tiny", ["model/attention=global"]), kernel)  # no window needed
     found = registry.problems(spec, device=device, training=True)
     able = f"device:{device}" in provides(kernel) and has_backward_on(kernel, device)
     assert (not _kernel_lines(found, kernel)) == able, found
@@ -480,3 +494,29 @@ def test_requirement_objects_are_what_the_entries_declare():
         reqs = REGISTRY.get("attention", name).requires
         assert any(r.slot == "kernel" and r.any_of == ("window",) for r in reqs)
     assert all(isinstance(r, Requirement) for e in REGISTRY for r in e.requires)
+
+
+@pytest.mark.parametrize("config", ["rope-alternating-oddwindow", "alibi-global"])
+def test_bf16_autocast_keeps_norms_in_fp32_and_stays_close(config):
+    """CPU bf16 autocast runs the projections in bf16, but every norm sees and returns the
+    fp32 residual stream, so the result stays within bf16 rounding of the fp32 model."""
+    model = build(config, "sdpa")
+    ids, mask = batch(model.spec.vocab_size)
+    norm_dtypes = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: norm_dtypes.append(out.dtype))
+        for name, m in model.named_modules()
+        if "norm" in name.split(".")[-1] and not isinstance(m, torch.nn.Identity)
+    ]
+    with torch.no_grad():
+        ref = model(ids, mask).last_hidden_state
+        norm_dtypes.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(ids, mask).last_hidden_state
+    for h in hooks:
+        h.remove()
+    assert norm_dtypes and set(norm_dtypes) == {torch.float32}
+    real = mask.bool()
+    rel = ((low.float() - ref)[real].norm() / ref[real].norm()).item()
+    print(f"bf16 autocast relative error: {rel:.2e}")
+    assert 0 < rel < 2e-2  # bf16 did happen, and stayed close

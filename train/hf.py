@@ -426,8 +426,9 @@ def _lookup(weights: dict, key: str, family: str) -> torch.Tensor | None:
     return None
 
 
-def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None):
-    """Convert a transformers directory into a bertsmith model directory; returns the model."""
+def import_hf(hf_dir: str | Path, out_dir: str | Path | None, name: str | None = None):
+    """Convert a transformers directory into a bertsmith model directory (none written when
+    ``out_dir`` is None); returns the model."""
     import registry
 
     hf_dir = Path(hf_dir)
@@ -455,6 +456,7 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, name: str | None = None):
         raise SpecError(
             f"import-hf: spec and weights disagree: {sorted(set(result.missing_keys) - expected_missing)[:4]}"
         )
-    tok = hf_dir / "tokenizer.json"
-    registry.save(model, out_dir, tokenizer=tok if tok.is_file() else None)
+    if out_dir is not None:
+        tok = hf_dir / "tokenizer.json"
+        registry.save(model, out_dir, tokenizer=tok if tok.is_file() else None)
     return model

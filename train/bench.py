@@ -1,0 +1,408 @@
+"""``bertsmith bench``: our model against the transformers model with the same weights.
+
+In one process, per family (ModernBERT, BERT) and dtype: a transformers masked-LM model is
+made with random weights and the shape asked for, saved, and imported (``import-hf``), so
+both sides hold identical weights. Then each case times both, interleaved::
+
+    fixed     B × 512 tokens, every sequence full             forward (inference mode)
+    variable  lengths uniform in 64..512: padded for          forward
+              transformers, packed (cu_seqlens) for us
+    long      4096-token sequences, window 128 (ModernBERT)   forward
+    mlm       variable lengths, 30% masked: forward, loss,    training step
+              backward, AdamW step (transformers with
+              sparse_prediction where it has it)
+
+Reported per case: real tokens/s each side and their ratio, peak memory above the case's
+start (CPU: resident set sampled every 2 ms; CUDA: the allocator's peak), the forward's
+useful FLOP/s (``registry.cost`` over real tokens) as a fraction of a square GEMM's rate
+measured here for the dtype, and the largest difference between the two sides' outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from train.cli import CASES
+from train.loop import PeakRSS
+
+SHAPES = {
+    "modernbert": {
+        "base": dict(hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12),
+        "large": dict(hidden_size=1024, intermediate_size=2624, num_hidden_layers=28, num_attention_heads=16),
+        "small": dict(hidden_size=512, intermediate_size=768, num_hidden_layers=8, num_attention_heads=8),
+        "tiny": dict(
+            hidden_size=128,
+            intermediate_size=192,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            vocab_size=1024,
+            pad_token_id=0,
+        ),
+    },
+    "bert": {
+        "base": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        "large": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
+        "small": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8),
+        "tiny": dict(
+            hidden_size=128,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            vocab_size=1024,
+            pad_token_id=0,
+        ),
+    },
+}
+LONG, WINDOW, MASK_RATE = 4096, 128, 0.3
+
+
+@dataclass
+class Row:
+    """One case of one family at one dtype."""
+
+    family: str
+    case: str
+    dtype: str
+    tokens: int
+    ours_tok_s: float
+    hf_tok_s: float
+    ratio: float
+    ours_peak_mb: float
+    hf_peak_mb: float
+    ours_flops_frac: float | None
+    hf_flops_frac: float | None
+    max_diff: float
+
+
+def hf_pair(family: str, size: str, layers: int | None, kernel: str, device: str):
+    """(transformers masked-LM model, our model with the same weights), both in eval mode."""
+    from transformers import AutoModelForMaskedLM, BertConfig, ModernBertConfig
+
+    import registry
+    from train.hf import import_hf
+
+    shape = dict(SHAPES[family][size])
+    if layers is not None:
+        shape["num_hidden_layers"] = layers
+    if family == "modernbert":
+        cfg = ModernBertConfig(**shape, local_attention=WINDOW, sparse_prediction=True)
+    else:  # no dropout, so the training step's losses can be compared
+        cfg = BertConfig(**shape, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    hf = AutoModelForMaskedLM.from_config(cfg, attn_implementation="sdpa")
+    with tempfile.TemporaryDirectory() as tmp:
+        hf.save_pretrained(tmp)
+        ours = import_hf(tmp, None, name=f"{family}-{size}")
+    if kernel != ours.spec.kernel.kind:
+        spec = ours.spec.model_copy(update={"kernel": registry.REGISTRY.get("kernel", kernel).params()})
+        state = ours.state_dict()
+        ours = registry.build(spec, init=False)
+        ours.load_state_dict(state)
+    return hf.to(device).eval(), ours.to(device).eval()
+
+
+def lengths_for(case: str, batch_tokens: int, max_len: int, gen: torch.Generator) -> list[int]:
+    """Sequence lengths of one batch: about ``batch_tokens`` real tokens."""
+    if case == "fixed":
+        return [max_len] * max(1, batch_tokens // max_len)
+    if case == "long":
+        return [LONG] * max(1, batch_tokens // LONG)
+    out: list[int] = []
+    while sum(out) < batch_tokens:
+        out.append(int(torch.randint(64, max_len + 1, (1,), generator=gen)))
+    return out
+
+
+class Batch:
+    """One batch in both layouts: padded ``[B, L]`` for transformers, packed for us."""
+
+    def __init__(self, lengths: list[int], vocab: int, device: str, gen: torch.Generator):
+        B, L = len(lengths), max(lengths)
+        self.lengths = lengths
+        self.tokens = sum(lengths)
+        self.mask = (torch.arange(L)[None] < torch.tensor(lengths)[:, None]).long()
+        self.ids = torch.randint(5, vocab, (B, L), generator=gen) * self.mask
+        self.masked = (torch.rand(B, L, generator=gen) < MASK_RATE) & self.mask.bool()
+        real = self.mask.bool()
+        self.packed = self.ids[real].to(device)
+        self.cu = torch.tensor(
+            [0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device
+        )
+        self.predict = self.masked[real].to(device)
+        self.labels_packed = self.packed[self.predict]
+        self.ids, self.mask, self.masked = self.ids.to(device), self.mask.to(device), self.masked.to(device)
+        self.labels = torch.where(self.masked, self.ids, torch.full_like(self.ids, -100))
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _return_freed_memory() -> None:
+    """Make glibc hand large freed blocks back to the OS at once, so resident memory follows
+    what tensors use (by default malloc raises its mmap threshold and keeps freed memory,
+    and a later peak reusing it would not show)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD: fixed, so no longer adaptive
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figures may read low
+        pass
+
+
+class PeakMemory:
+    """Peak memory above the start of the block, in MB (CPU RSS sampled; CUDA allocator)."""
+
+    def __init__(self, device: str):
+        self.device = device
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            _return_freed_memory()
+            self.rss = PeakRSS(interval=0.002).__enter__()
+            self.start = self.rss.max_bytes
+        return self
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            self.rss.__exit__(*exc)
+            peak = self.rss.max_bytes
+        self.mb = max(0, peak - self.start) / 2**20
+
+
+def gemm_peak(dtype: torch.dtype, device: str, n: int | None = None, repeats: int = 5) -> float:
+    """FLOP/s of the best of ``repeats`` square n³ matmuls in ``dtype``."""
+    n = n or (8192 if device == "cuda" else 2048)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def forward_flops(spec, lengths: list[int]) -> float:
+    """Useful forward FLOPs of the encoder body over the real tokens of a batch."""
+    from registry.costs import cost
+
+    per_len = {n: cost(spec, n)["flops_per_token"]["encoder"] for n in set(lengths)}
+    return float(sum(per_len[n] * n for n in lengths))
+
+
+def run_case(case, hf, ours, batch: Batch, device, autocast, repeats: int):
+    """(ours seconds, hf seconds, ours MB, hf MB, max |difference|) for one case."""
+    if case == "mlm":
+        steps = {"ours": _ours_mlm_step(ours, batch), "hf": _hf_mlm_step(hf, batch)}
+    else:
+        steps = {"ours": _ours_forward(ours.base, batch, case), "hf": _hf_forward(hf.base, batch)}
+    times: dict[str, list[float]] = {"ours": [], "hf": []}
+    peaks, outs = {}, {}
+    for name, step in steps.items():  # warm-up, memory, and the outputs to compare
+        with autocast(), PeakMemory(device) as mem:
+            outs[name] = step()
+        peaks[name] = mem.mb
+    for _ in range(repeats):  # interleaved, so drift in the machine's speed hits both
+        for name, step in steps.items():
+            _sync(device)
+            t = time.perf_counter()
+            with autocast():
+                step()
+            _sync(device)
+            times[name].append(time.perf_counter() - t)
+    diff = (outs["ours"].float() - outs["hf"].float()).abs().max().item()
+    ours_s, hf_s = (statistics.median(times[k]) for k in ("ours", "hf"))
+    return ours_s, hf_s, peaks["ours"], peaks["hf"], diff
+
+
+def _ours_forward(model, batch: Batch, case: str):
+    def step():
+        with torch.inference_mode():
+            if case == "fixed":  # the same padded call transformers gets; nothing to unpad
+                return model(batch.ids, batch.mask).last_hidden_state[batch.mask.bool()]
+            return model(batch.packed, cu_seqlens=batch.cu, max_seqlen=max(batch.lengths)).last_hidden_state
+
+    return step
+
+
+def _hf_forward(model, batch: Batch):
+    def step():
+        with torch.inference_mode():
+            return model(input_ids=batch.ids, attention_mask=batch.mask).last_hidden_state[batch.mask.bool()]
+
+    return step
+
+
+def _train_step(model, loss_fn):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+
+    def step():
+        model.train()
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        opt.step()
+        model.eval()
+        return loss.detach()
+
+    return step
+
+
+def _ours_mlm_step(model, batch: Batch):
+    def loss():
+        out = model(batch.packed, cu_seqlens=batch.cu, max_seqlen=max(batch.lengths), predict=batch.predict)
+        return torch.nn.functional.cross_entropy(out.logits.float(), batch.labels_packed)
+
+    return _train_step(model, loss)
+
+
+def _hf_mlm_step(model, batch: Batch):
+    return _train_step(
+        model, lambda: model(input_ids=batch.ids, attention_mask=batch.mask, labels=batch.labels).loss
+    )
+
+
+def bench(
+    families=("modernbert", "bert"),
+    cases=CASES,
+    dtypes=("fp32", "bf16"),
+    size: str = "base",
+    layers: int | None = None,
+    batch_tokens: int = 4096,
+    repeats: int = 3,
+    kernel: str = "sdpa",
+    device: str = "cpu",
+    report=print,
+) -> dict:
+    """Run every (family, dtype, case); returns ``{"env", "gemm_peak", "rows"}``. Each row is
+    passed to ``report`` as a table line as soon as it is measured."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    peaks = {d: gemm_peak(dt[d], device) for d in dtypes}
+    rows = []
+    for family in families:
+        hf, ours = hf_pair(family, size, layers, kernel, device)
+        hf.base = hf.model if family == "modernbert" else hf.bert
+        ours.base = type(ours)(ours.encoder, None)
+        gen = torch.Generator().manual_seed(0)
+        for d in dtypes:
+            for case in cases:
+                if case == "long" and family != "modernbert":
+                    continue  # BERT's learned positions stop at 512
+                batch = Batch(lengths_for(case, batch_tokens, 512, gen), ours.spec.vocab_size, device, gen)
+                rows.append(measure(family, case, d, hf, ours, batch, device, peaks[d], repeats))
+                report(format_row(rows[-1]))
+        del hf, ours
+    return {
+        "env": environment(device, size, layers, batch_tokens, kernel),
+        "gemm_peak": peaks,
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def measure(family, case, dtype, hf, ours, batch: Batch, device, peak: float, repeats: int) -> Row:
+    """Time one case on both sides and make its row."""
+    if dtype == "fp32":
+        autocast = nullcontext
+    else:
+        autocast = lambda: torch.autocast(device, dtype=torch.bfloat16)  # noqa: E731
+    ours_s, hf_s, ours_mb, hf_mb, diff = run_case(case, hf, ours, batch, device, autocast, repeats)
+    flops = None if case == "mlm" else forward_flops(ours.spec, batch.lengths)
+    frac = [None if flops is None else flops / s / peak for s in (ours_s, hf_s)]
+    n = batch.tokens
+    return Row(family, case, dtype, n, n / ours_s, n / hf_s, hf_s / ours_s, ours_mb, hf_mb, *frac, diff)
+
+
+def environment(device, size, layers, batch_tokens, kernel) -> dict:
+    import transformers
+
+    env = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "size": size,
+        "layers": layers,
+        "batch_tokens": batch_tokens,
+        "kernel": kernel,
+    }
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+    return env
+
+
+HEADER = (
+    f"{'family':<11}{'case':<9}{'dtype':<6}{'tokens':>7}{'ours tok/s':>12}{'hf tok/s':>11}"
+    f"{'ratio':>7}{'ours MB':>9}{'hf MB':>8}{'ours %peak':>11}{'hf %peak':>9}{'max|Δ|':>9}"
+)
+
+
+def format_row(r: Row) -> str:
+    pct = lambda f: "-" if f is None else f"{100 * f:.0f}%"  # noqa: E731
+    return (
+        f"{r.family:<11}{r.case:<9}{r.dtype:<6}{r.tokens:>7}{r.ours_tok_s:>12,.0f}{r.hf_tok_s:>11,.0f}"
+        f"{r.ratio:>6.2f}×{r.ours_peak_mb:>9,.0f}{r.hf_peak_mb:>8,.0f}{pct(r.ours_flops_frac):>11}"
+        f"{pct(r.hf_flops_frac):>9}{r.max_diff:>9.1e}"
+    )
+
+
+def main(args) -> None:
+    """The CLI entry (``bertsmith bench``)."""
+    from registry.errors import SpecError
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SpecError("bench: given --device cuda, allowed: cpu (torch sees no CUDA device here)")
+    out = sys.stderr if args.json else sys.stdout  # JSON alone on stdout
+
+    def report(line: str) -> None:
+        print(line, file=out, flush=True)
+
+    report(HEADER)
+    result = bench(
+        families=args.family,
+        cases=args.case,
+        dtypes=args.dtype,
+        size=args.size,
+        layers=args.layers,
+        batch_tokens=args.batch_tokens,
+        repeats=args.repeats,
+        kernel=args.kernel,
+        device=args.device,
+        report=report,
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        peaks = ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in result["gemm_peak"].items())
+        print(f"GEMM peak measured here: {peaks}; ratio = ours tok/s ÷ transformers tok/s")
