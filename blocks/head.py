@@ -223,3 +223,31 @@ class ClassificationHead(nn.Module):
     def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
         pooled = self.norm(self.act(self.dense(self.pool(h, stream))))
         return {"logits": self.classifier(self.drop(pooled))}
+
+
+class TokenClassificationParams(Params):
+    """A label per token: dropout, then a linear classifier on each token's final state."""
+
+    num_labels: int = Field(2, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+@register("head", "token_classification", params=TokenClassificationParams)
+class TokenClassificationHead(nn.Module):
+    """Token classification (tagging, NER): a linear classifier on every token's final state.
+
+    Logits are ``[T, num_labels]`` in stream order, re-padded to ``[B, L, num_labels]`` for
+    padded input. BERT's token classifier (Devlin et al. 2019 §4.3): no transform, one linear
+    layer on the final hidden states.
+    """
+
+    per_token = ("logits",)
+
+    def __init__(self, d_model: int, num_labels: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(d_model, num_labels)
+        self.classifier.init_role = "classifier"
+
+    def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
+        return {"logits": self.classifier(self.drop(h))}

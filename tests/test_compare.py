@@ -147,3 +147,44 @@ def test_rerun_of_a_finished_grid_with_resume_skips_every_run(grid):
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.count("already finished") == 4
     assert before == {p: p.stat().st_mtime_ns for p in sweep.rglob("metrics.csv")}
+
+
+def test_downstream_scores_become_columns_and_rank_the_grid(grid, tmp_path):
+    """Fine-tuning summaries (as `bertsmith finetune` writes them into RUN/finetune/<task>)
+    give one column per score, averaged over seeds; --metric ranks by one of them, higher
+    is better except for mse. The real fine-tuning end to end is in test_finetune."""
+    import json
+    import shutil
+
+    sweep, cache = grid
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    by_pos: dict[str, list[float]] = {}
+    for d in sorted(p for p in copy.iterdir() if p.is_dir()):
+        pos = "rope" if "positional=rope" in (d / ".hydra" / "overrides.yaml").read_text() else "alibi"
+        acc = {"rope": 0.9, "alibi": 0.6}[pos] + 0.01 * len(by_pos.get(pos, []))
+        by_pos.setdefault(pos, []).append(acc)
+        ft = d / "finetune" / "topic"
+        ft.mkdir(parents=True)
+        (ft / ".hydra").mkdir()  # a fine-tuning run inside a run is not a run of the grid
+        (ft / ".hydra" / "overrides.yaml").write_text("- task.name=topic\n")
+        metrics = {"accuracy": acc, "mse": 1 - acc}
+        (ft / "summary.json").write_text(json.dumps({"task": "topic", "metrics": metrics, "val_loss": 0.5}))
+    out = cli("compare", str(copy), "--metric", "finetune:topic/accuracy", cache=cache)
+    assert out.returncode == 0, out.stderr
+    with (copy / "summary.csv").open() as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert len(rows) == 2  # the finetune/ dirs added no variants
+    for pos, accs in by_pos.items():
+        row = rows[f"model/positional={pos}"]
+        assert float(row["finetune:topic/accuracy"]) == pytest.approx(statistics.fmean(accs))
+        assert float(row["finetune:topic/accuracy_std"]) == pytest.approx(statistics.stdev(accs))
+    assert rows["model/positional=rope"]["best"] == "True"  # the higher accuracy
+    assert "topic accuracy" in (copy / "summary.md").read_text()
+    worst = cli("compare", str(copy), "--metric", "finetune:topic/mse", cache=cache)
+    assert worst.returncode == 0
+    with (copy / "summary.csv").open() as f:
+        assert {r["variant"]: r["best"] for r in csv.DictReader(f)}["model/positional=rope"] == "True"
+    bad = cli("compare", str(copy), "--metric", "finetune:topic/acc", cache=cache)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "did you mean 'finetune:topic/accuracy'" in bad.stderr

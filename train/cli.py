@@ -140,6 +140,15 @@ def _cmd_export(args) -> None:
         )
 
 
+CASES = ("fixed", "variable", "long", "mlm")  # train/bench.py's, named here so --help needs no torch
+
+
+def _cmd_bench(args) -> None:
+    from train.bench import main as bench_main
+
+    bench_main(args)
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="bertsmith",
@@ -196,8 +205,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metric",
         default="val_loss",
-        choices=["val_loss", "val_mlm_acc"],
-        help="what picks the best variant (default: val_loss, lower is better)",
+        help="what picks the best variant: val_loss (default, lower is better), val_mlm_acc, or a "
+        "downstream score finetune:TASK/METRIC (e.g. finetune:sst2/accuracy; see bertsmith finetune)",
     )
     p.set_defaults(fn=_cmd_compare)
 
@@ -206,6 +215,40 @@ def parser() -> argparse.ArgumentParser:
         add_help=False,
         help="pre-train a recipe with Lightning (Hydra overrides; see `bertsmith train --help`)",
     )
+    sub.add_parser(
+        "finetune",
+        add_help=False,
+        help="fine-tune a run or model on a classification, regression or tagging task "
+        "(Hydra overrides; see `bertsmith finetune --help`)",
+    )
+
+    p = sub.add_parser(
+        "bench",
+        help="speed and memory against transformers, same weights, side by side",
+        description="Time bertsmith against the transformers model with the same config and "
+        "weights (imported), in one process: fixed 512-token batches, variable lengths "
+        "(64..512; padded for transformers, packed for bertsmith), 4096-token sequences with "
+        "window 128 (ModernBERT), and an MLM training step at 30%% masking. Prints tokens/s, "
+        "their ratio, peak memory, FLOP/s as a share of a GEMM peak measured here, and the "
+        "largest output difference.",
+    )
+    p.add_argument("--family", nargs="+", default=["modernbert", "bert"], choices=["modernbert", "bert"])
+    p.add_argument("--case", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument(
+        "--size",
+        default="base",
+        choices=["tiny", "small", "base", "large"],
+        help="width and depth (default base)",
+    )
+    p.add_argument("--layers", type=int, default=None, help="override the depth (fewer layers: faster)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="real tokens per batch (default 4096)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per side, median taken (default 3)")
+    p.add_argument("--kernel", default="sdpa", help="bertsmith's attention kernel (default sdpa)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print the results as JSON (table to stderr)")
+    p.add_argument("--out", default=None, help="also write the JSON results to this file")
+    p.set_defaults(fn=_cmd_bench)
 
     p = sub.add_parser(
         "import-hf",
@@ -248,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         from train.app import main as train_main
 
         return train_main(argv[1:])
+    if argv and argv[0] == "finetune":  # a Hydra app too
+        from train.finetune.app import main as finetune_main
+
+        return finetune_main(argv[1:])
     args = parser().parse_args(argv)
     try:
         args.fn(args)

@@ -4,6 +4,12 @@ A *variant* is what a run's overrides change relative to the sweep's base (the o
 every run shares), seeds aside; runs of a variant that differ only by ``seed`` are averaged
 (mean ± std). Every run is read whatever its state — finished, failed, still running — and
 its state is shown, never a crash.
+
+Downstream scores: a run's fine-tuning results (``RUN/finetune/<task>/summary.json``, written
+by ``bertsmith finetune``) become columns ``finetune:<task>/<metric>``, averaged over seeds
+like the MLM columns, and ``--metric finetune:<task>/<metric>`` ranks the grid by one of
+them (higher is better, except ``mse`` and ``loss``). A grid of fine-tuning runs (``bertsmith
+finetune -m ...``) compares the same way, by its own scores.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from registry.errors import SpecError
+from registry.errors import SpecError, nearest
 from train.callbacks import read_metrics
 from train.config import DataConfig
 
 _SEED = re.compile(r"^\+{0,2}seed=")
+MLM_METRICS = ("val_loss", "val_mlm_acc")
+_DOWNSTREAM = re.compile(r"^finetune:(?P<task>[^/]+)/(?P<metric>.+)$")
 
 
 @dataclass
@@ -36,8 +44,11 @@ class Run:
     summary: dict = field(default_factory=dict)
     params: int | None = None
     flops: int | None = None
+    downstream: dict[str, float] = field(default_factory=dict)  # "finetune:<task>/<metric>"
 
     def last(self, key: str) -> float | None:
+        if key in self.downstream:
+            return self.downstream[key]
         return next((r[key] for r in reversed(self.metrics) if key in r), None)
 
     @property
@@ -46,14 +57,44 @@ class Run:
 
 
 def find_runs(sweep_dir: Path) -> list[Path]:
-    """Run directories under ``sweep_dir`` (each has Hydra's ``.hydra/overrides.yaml``)."""
+    """Run directories under ``sweep_dir`` (each has Hydra's ``.hydra/overrides.yaml``); a run
+    inside another run is that run's fine-tuning (``RUN/finetune/<task>``), not a run of the grid."""
     found = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    found = {p for p in found if not any(q in p.parents for q in found)}
 
     def key(p: Path):
         rel = p.relative_to(sweep_dir).parts
         return [int(x) if x.isdigit() else x for x in rel]
 
     return sorted(found, key=key)
+
+
+def _summary(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # missing, or half-written by a job still running
+    return data if isinstance(data, dict) else {}
+
+
+def _downstream(summary: dict) -> dict[str, float]:
+    """``finetune:<task>/<metric>`` values of a fine-tuning summary (its ``metrics`` and loss)."""
+    task = summary.get("task")
+    if not task or not isinstance(summary.get("metrics"), dict):
+        return {}
+    out = {f"finetune:{task}/{k}": v for k, v in summary["metrics"].items() if isinstance(v, (int, float))}
+    if isinstance(summary.get("val_loss"), (int, float)):
+        out[f"finetune:{task}/loss"] = summary["val_loss"]
+    return out
+
+
+def downstream_of(d: Path, summary: dict) -> dict[str, float]:
+    """A run's fine-tuning scores: those of ``d/finetune/*/`` and, for a fine-tuning run, its own."""
+    out = {}
+    for f in sorted(d.glob("finetune/*/summary.json")):
+        out.update(_downstream(_summary(f)))
+    out.update(_downstream(summary))
+    return out
 
 
 def _status(d: Path) -> str:
@@ -91,13 +132,20 @@ def load_run(d: Path) -> Run:
         run.metrics = read_metrics(d / "metrics.csv")
     except (OSError, ValueError, csv.Error):
         run.metrics = []  # a half-written file of a running job
-    if (d / "summary.json").exists():
-        try:
-            run.summary = json.loads((d / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            pass
+    run.summary = _summary(d / "summary.json")
+    if "task" in run.summary or (d / "config.yaml").is_file() and "task" in _config_keys(d):
+        run.metrics = []  # a fine-tuning run: its val_loss is the task's, not MLM's
+    run.downstream = downstream_of(d, run.summary)
     run.params, run.flops = _costs(d)
     return run
+
+
+def _config_keys(d: Path) -> set[str]:
+    try:
+        data = yaml.safe_load((d / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
 
 
 def variant_of(run: Run, common: set[str]) -> str:
@@ -111,9 +159,30 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def lower_is_better(metric: str) -> bool:
+    m = _DOWNSTREAM.match(metric)
+    return metric == "val_loss" or (m is not None and m["metric"] in ("mse", "loss"))
+
+
+def check_metric(metric: str, runs: list[Run]) -> None:
+    """``val_loss``, ``val_mlm_acc`` or a ``finetune:<task>/<metric>`` some run has."""
+    known = sorted({k for r in runs for k in r.downstream})
+    if metric in MLM_METRICS or metric in known:
+        return
+    allowed = [*MLM_METRICS, *known]
+    hint = "" if known else " (no run has fine-tuning results: run bertsmith finetune init_from=SWEEP_DIR)"
+    raise SpecError(
+        f"--metric: given {metric!r}, allowed: {', '.join(allowed)}{nearest(metric, allowed)}{hint}"
+    )
+
+
 def summarize_runs(runs: list[Run], metric: str = "val_loss") -> list[dict]:
     """One row per variant, in the order variants first appear; the best marked."""
     common = set.intersection(*(set(r.overrides) for r in runs)) if runs else set()
+    downstream = sorted(
+        {k for r in runs for k in r.downstream if not k.endswith("/loss")}
+        | ({metric} if metric.startswith("finetune:") else set())
+    )
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(variant_of(r, common), []).append(r)
@@ -145,19 +214,25 @@ def summarize_runs(runs: list[Run], metric: str = "val_loss") -> list[dict]:
                 "wall_s": statistics.fmean(
                     [r.summary["wall_s"] for r in rs if "wall_s" in r.summary] or [math.nan]
                 ),
+                **_downstream_cells(rs, downstream),
                 "best": False,
                 "_runs": rs,
             }
         )
     scored = [r for r in rows if r[metric] is not None and any(x.status == "finished" for x in r["_runs"])]
     if scored:
-        best = (
-            min(scored, key=lambda r: r[metric])
-            if metric != "val_mlm_acc"
-            else max(scored, key=lambda r: r[metric])
-        )
-        best["best"] = True
+        pick = min if lower_is_better(metric) else max
+        pick(scored, key=lambda r: r[metric])["best"] = True
     return rows
+
+
+def _downstream_cells(rs: list[Run], keys: list[str]) -> dict:
+    """Mean and std over seeds of each downstream score (``None`` where no run has it)."""
+    cells = {}
+    for k in keys:
+        mean, std = _mean_std([r.downstream[k] for r in rs if k in r.downstream])
+        cells[k], cells[k + "_std"] = mean, std
+    return cells
 
 
 def _fmt(v, nd=3) -> str:
@@ -173,18 +248,26 @@ def _pm(row: dict, key: str) -> str:
     return "–" if row[key] is None else f"{row[key]:.3f} ± {row[key + '_std']:.3f}"
 
 
+def downstream_keys(rows: list[dict]) -> list[str]:
+    return [k for k in (rows[0] if rows else {}) if k.startswith("finetune:") and not k.endswith("_std")]
+
+
 def markdown(rows: list[dict]) -> str:
+    extra = downstream_keys(rows)  # "finetune:sst2/accuracy" is shown as "sst2 accuracy"
+    names = "".join(f" {k.removeprefix('finetune:').replace('/', ' ')} |" for k in extra)
     head = (
-        "| variant | runs | status | params | FLOPs/token | val MLM loss | val MLM acc | tokens/s "
-        "| peak RSS MB | wall s |\n|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| variant | runs | status | params | FLOPs/token | val MLM loss | val MLM acc |"
+        f"{names} tokens/s | peak RSS MB | wall s |\n"
+        f"|---|---:|---|---:|---:|---:|---:|{'---:|' * len(extra)}---:|---:|---:|\n"
     )
     lines = []
     for r in rows:
         mark = " **(best)**" if r["best"] else ""
+        cells = "".join(f" {_pm(r, k)} |" for k in extra)
         lines.append(
             f"| {r['variant']}{mark} | {r['runs']} | {r['status']} | {_fmt(r['params'])} | "
             f"{_fmt(r['flops_per_token'])} | {_pm(r, 'val_loss')} | "
-            f"{_pm(r, 'val_mlm_acc')} | {_fmt(r['tokens_per_s'], 0)} | "
+            f"{_pm(r, 'val_mlm_acc')} |{cells} {_fmt(r['tokens_per_s'], 0)} | "
             f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['wall_s'], 0)} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -248,6 +331,7 @@ def compare(sweep_dir: str | Path, metric: str = "val_loss") -> dict:
         raise SpecError(
             f"compare: given {str(d)!r}, allowed: a directory holding runs (none has .hydra/overrides.yaml)"
         )
+    check_metric(metric, runs)
     rows = summarize_runs(runs, metric)
     table = markdown(rows)
     (d / "summary.md").write_text(
@@ -263,5 +347,7 @@ def compare(sweep_dir: str | Path, metric: str = "val_loss") -> dict:
     best_run = None
     if best is not None:
         finished = [x for x in best["_runs"] if x.status == "finished"]
-        best_run = min(finished, key=lambda x: x.last(metric) or math.inf).path if finished else None
+        sign = 1 if lower_is_better(metric) else -1
+        scored = [x for x in finished if x.last(metric) is not None]
+        best_run = min(scored, key=lambda x: sign * x.last(metric)).path if scored else None
     return {"table": table, "rows": rows, "images": images, "best_run": best_run}

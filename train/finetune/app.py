@@ -1,0 +1,177 @@
+"""``bertsmith finetune``: the Hydra app that fine-tunes an encoder on a downstream task.
+
+    bertsmith finetune init_from=DIR [task=NAME] [group.key=value ...] [sift=true] [-m]
+
+``init_from`` is a pre-training run, a model directory, a transformers directory or a sweep
+(see ``train.finetune.source``). Without ``hydra.run.dir``, fine-tuning a pre-training run
+writes into ``RUN/finetune/<task>`` (where ``bertsmith compare`` finds it), a sweep into
+each of its runs, anything else into ``runs/finetune/<task>/<time>``. As with ``train``, the
+configuration is composed and checked before Hydra starts a single run, so a mistake costs
+one line and exit code 2 and writes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from registry.composer import RECIPES, reject_targets
+from registry.errors import SpecError, choice, nearest
+
+GROUPS = ("task", "optim", "schedule", "launcher")
+SECTIONS = ("task", "data", "sift", "optim", "schedule", "trainer")  # any of their keys may be set
+TOP = ("init_from", "tokenizer", "seed", "resume")
+_CHOICE = re.compile(r"^(?P<key>[a-z_]+)=(?P<value>[^=]*)$")
+_DOTTED = re.compile(r"^(?P<group>[a-z_]+)\.(?P<rest>[^=]+)=(?P<value>.*)$", re.S)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (RECIPES / group).glob("*.yaml"))
+
+
+def prepare_overrides(args: list[str]) -> list[str]:
+    """Check group choices, let any key of a section be set (``++``), and read ``sift=true``
+    as ``sift.enabled=true``."""
+    out = []
+    for a in args:
+        if a.startswith("-") or a.startswith("hydra.") or a.startswith("hydra/"):
+            out.append(a)
+        elif (m := _CHOICE.match(a)) and m["key"] in GROUPS:
+            for one in m["value"].split(","):
+                if one not in _options(m["key"]):
+                    raise SpecError(choice(m["key"], one, _options(m["key"])))
+            out.append(a)
+        elif a.startswith("sift="):  # also a sweep: sift=false,true
+            out.append(f"sift.enabled={a.split('=', 1)[1]}")
+        elif (m := _DOTTED.match(a)) and m["group"] in SECTIONS:
+            out.append(f"++{a}")
+        elif (m := _CHOICE.match(a)) and m["key"] in TOP:
+            out.append(a)
+        elif a.startswith(("model.", "model/", "model=")):
+            raise SpecError(
+                f"{a.split('=')[0]}: given {a!r}, allowed: nothing; the model is init_from's "
+                "(fine-tune another model with init_from=DIR)"
+            )
+        else:
+            key = re.split(r"[.=]", a.lstrip("+~"), maxsplit=1)[0]
+            known = [*GROUPS, *SECTIONS[1:], *TOP]
+            raise SpecError(
+                f"{key}: unknown key; allowed: {', '.join(dict.fromkeys(known))}{nearest(key, known)}"
+            )
+    return out
+
+
+def parse_config(cfg: DictConfig):
+    from omegaconf.errors import OmegaConfBaseException
+
+    from train.finetune.config import parse_finetune_config
+
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except OmegaConfBaseException as e:
+        raise SpecError(f"config: interpolation failed: {' '.join(str(e).split())[:200]}") from None
+    data.pop("hydra", None)
+    if data.get("init_from") == "???":
+        data.pop("init_from")
+    reject_targets(data, "")
+    return parse_finetune_config(data)
+
+
+def precheck(overrides: list[str]) -> list[str]:
+    """Compose and check one run's config before Hydra starts it; returns the overrides with
+    the default run directory filled in (``RUN/finetune/<task>`` for a pre-training run)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = [o for o in overrides if not o.startswith("-")]
+    try:
+        with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+            cfg = compose(config_name="finetune", overrides=plain)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise SpecError(_hydra_line(str(e))) from None
+    fcfg = parse_config(cfg)
+    from train.finetune import data
+    from train.finetune.source import resolve, tokenizer_path
+
+    source, kind = resolve(fcfg.init_from)
+    if kind != "sweep":
+        tokenizer_path(source, kind, fcfg.tokenizer)
+    if fcfg.data.source == "files":  # local files are cheap to read twice; a Hub dataset is not
+        data.check_labels(*data.load_examples(fcfg.data), fcfg.task)
+    if any(o.startswith("hydra.run.dir=") for o in plain):
+        return overrides
+    if kind == "run":
+        return [*overrides, f"hydra.run.dir={source / 'finetune' / fcfg.task.name}"]
+    if kind == "sweep":  # each run gets its own RUN/finetune/<task>; nothing at the top
+        return [*overrides, f"hydra.run.dir={source}", "hydra.output_subdir=null"]
+    return overrides
+
+
+def _hydra_line(msg: str) -> str:
+    msg = " ".join(msg.split())
+    if m := re.search(r"Could not override '([^']+)'.*?Key '([^']+)' is not in struct", msg):
+        return f"{m[1]}: unknown key"
+    if m := re.search(r"Could not find '([^']+)'", msg):
+        return f"{m[1]}: not found"
+    return f"config: {msg[:300]}"
+
+
+def main(args: list[str]) -> int:
+    """Entry point of ``bertsmith finetune``; returns the exit code."""
+    import hydra
+
+    helpish = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args)
+    try:
+        overrides = prepare_overrides(args)
+        if not helpish and not any(a in ("-m", "--multirun") for a in args):
+            overrides = precheck(overrides)
+    except SpecError as e:
+        for line in e.lines:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+
+    @hydra.main(config_path=str(RECIPES), config_name="finetune", version_base="1.3")
+    def _entry(cfg: DictConfig):
+        return _run_job(cfg)
+
+    saved = sys.argv
+    sys.argv = ["bertsmith finetune", *overrides]
+    try:
+        _entry()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _run_job(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+
+    from train.finetune.run import finetune
+
+    hc = HydraConfig.get()
+    multirun = hc.mode.name == "MULTIRUN"
+    out = Path(hc.runtime.output_dir)
+    try:
+        fcfg = parse_config(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        return finetune(fcfg, out, resolved, started=time.time())
+    except SpecError as e:
+        for line in e.lines:
+            print(f"error: {line}", file=sys.stderr)
+        if multirun:  # one bad job must not end the sweep; its run dir says why
+            (out / "FAILED").write_text("\n".join(e.lines) + "\n")
+            return None
+        sys.exit(2)
+    except FloatingPointError as e:
+        print(f"error: {e}; the last good checkpoint is kept in checkpoints/", file=sys.stderr)
+        if multirun:
+            (out / "FAILED").write_text(f"{e}\n")
+            return None
+        sys.exit(1)

@@ -1,0 +1,155 @@
+"""Typed configuration of ``bertsmith finetune`` (``recipes/finetune.yaml`` + ``recipes/task/``).
+
+The optimiser and schedule are the pre-training ones (``train.config``); everything else is
+checked here with the same one-line errors (key, given, allowed, nearest match).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from registry.errors import SpecError, nearest
+from train.config import OptimConfig, ScheduleConfig
+from train.finetune.metrics import METRICS
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(_Cfg):
+    """What is predicted and how it is scored. ``name`` names the results
+    (``finetune/<name>/`` in a pre-training run, ``finetune:<name>/<metric>`` in compare)."""
+
+    name: str = Field("task", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: Literal["classification", "regression", "token_classification"] = "classification"
+    num_labels: int | None = Field(None, ge=1, description="None: from the training labels")
+    labels: list[str] | None = Field(None, description="label names in id order")
+    metric: str = "accuracy"
+    pooling: Literal["cls", "mean"] = "cls"
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        allowed = METRICS[self.kind]
+        if self.metric not in (*allowed, "loss"):
+            raise ValueError(
+                f"metric: given {self.metric!r}, allowed for {self.kind}: {', '.join(allowed)}, loss"
+                f"{nearest(self.metric, allowed)}"
+            )
+        if self.kind == "regression" and self.num_labels not in (None, 1):
+            raise ValueError(f"num_labels: given {self.num_labels}, allowed: 1 for regression")
+        if self.labels is not None and self.num_labels not in (None, len(self.labels)):
+            raise ValueError(
+                f"num_labels: given {self.num_labels}, allowed: {len(self.labels)} (the number of task.labels)"
+            )
+        return self
+
+
+class FinetuneDataConfig(_Cfg):
+    """Examples from local files (``.csv``, ``.tsv``, ``.jsonl``, ``.parquet``) or a ``datasets``
+    dataset; without a validation file or split, ``val_fraction`` of the training examples
+    is held out (chosen with ``split_seed``, so the split does not move with ``seed``)."""
+
+    source: Literal["files", "hf"] = "files"
+    train: str | None = None
+    validation: str | None = None
+    name: str | None = None
+    config: str | None = None
+    train_split: str = "train"
+    validation_split: str | None = "validation"
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    split_seed: int = 0
+    max_train: int | None = Field(None, ge=1)
+    max_val: int | None = Field(None, ge=1)
+    max_len: int = Field(128, ge=4)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _where(self):
+        if self.source == "files" and not self.train:
+            raise ValueError(
+                "train: given None, allowed: a .csv/.tsv/.jsonl/.parquet file (data.source=files)"
+            )
+        if self.source == "hf" and not self.name:
+            raise ValueError("name: given None, allowed: a dataset name or local path (data.source=hf)")
+        return self
+
+
+class SiftConfig(_Cfg):
+    """Scale-invariant fine-tuning (He et al. 2021, DeBERTa, arXiv:2006.03654 §3.3):
+    ``init`` the std of the random start, ``step`` the power-iteration step size (both in
+    units of the normalised embedding), ``weight`` of the adversarial loss."""
+
+    enabled: bool = False
+    init: float = Field(1e-2, gt=0)
+    step: float = Field(1e-4, gt=0)
+    weight: float = Field(1.0, gt=0)
+
+
+class FinetuneTrainerConfig(_Cfg):
+    max_steps: int = Field(300, ge=1)
+    val_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
+    clip: float | None = Field(1.0, gt=0)
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    progress: bool = True
+    checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints (and at the end)")
+
+
+class FinetuneConfig(_Cfg):
+    init_from: str = Field(description="a pre-training run, a model directory or a transformers directory")
+    tokenizer: str | None = None  # a tokenizer.json, when the model directory has none
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    data: FinetuneDataConfig
+    sift: SiftConfig = Field(default_factory=SiftConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    trainer: FinetuneTrainerConfig = Field(default_factory=FinetuneTrainerConfig)
+    seed: int = 0
+    resume: bool = False
+
+
+def _fields(loc: tuple) -> list[str]:
+    model = FinetuneConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def parse_finetune_config(data: dict) -> FinetuneConfig:
+    """Validate a composed ``finetune`` config; ``SpecError`` with one line per problem."""
+    try:
+        return FinetuneConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(str(x) for x in err["loc"])
+            key = ".".join(loc)
+            if err["type"] == "extra_forbidden":
+                allowed = _fields(loc)
+                lines.append(f"{key}: unknown key; allowed: {', '.join(allowed)}{nearest(loc[-1], allowed)}")
+                continue
+            if err["type"] == "missing":
+                lines.append(f"{key}: missing; give {key}=...")
+                continue
+            msg = err["msg"]
+            for lead in ("Input should be ", "Value error, "):
+                msg = msg.removeprefix(lead)
+            if ": given " in msg:  # our validators name the sub-key themselves
+                lines.append(f"{key + '.' if key else ''}{msg}")
+            else:
+                lines.append(f"{key}: given {err.get('input')!r}, allowed: {msg}")
+        raise SpecError(dict.fromkeys(lines)) from None
