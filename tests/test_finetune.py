@@ -536,3 +536,30 @@ def test_labels_outside_num_labels_are_one_line(hf_bert, tmp_path, capsys):
     assert main(["finetune", *args, f"hydra.run.dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "label '2'" in err[0] and "num_labels=2" in err[0], err
+
+
+def test_train_then_finetune_in_one_command(task_files, cache, tmp_path):
+    """``train finetune="..."`` fine-tunes the final model into RUN/finetune/<task>, with the
+    same result as fine-tuning the finished run separately; a bad setting there is caught
+    before pre-training writes anything."""
+    sweep = tmp_path / "sweep"  # a one-job sweep: the grid case, where this is meant to be used
+    chained = " ".join(topic_args(task_files))
+    r = bertsmith(
+        "train", "-m", *PRETRAIN, "seed=0", f"hydra.sweep.dir={sweep}", f"finetune={chained}", cache=cache
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = sweep / "0"
+    one = json.loads((run / "finetune" / "topic" / "summary.json").read_text())
+    assert one["metrics"]["accuracy"] >= CHANCE + MARGIN
+
+    apart = tmp_path / "apart"
+    r = bertsmith(
+        "finetune", f"init_from={run}", *topic_args(task_files), f"hydra.run.dir={apart}", cache=cache
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((apart / "summary.json").read_text())["metrics"] == one["metrics"]
+
+    bad = tmp_path / "bad"
+    r = bertsmith("train", *PRETRAIN, f"hydra.run.dir={bad}", "finetune=task=nope", cache=cache)
+    assert r.returncode == 2 and r.stderr.startswith("error: finetune: task: given 'nope'"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not bad.exists()

@@ -28,6 +28,7 @@ from registry.errors import SpecError, choice, nearest
 
 SETTINGS = ("data", "tokenizer", "objective", "optim", "schedule", "trainer")  # typed in train.config
 GROUPS = ("model", *SETTINGS, "pretrain", "ablation", "sweep", "launcher")
+TOP = ("seed", "resume", "init_from", "finetune")
 _FLAG_WITH_VALUE = {
     "--cfg",
     "-c",
@@ -59,6 +60,10 @@ def prepare_overrides(args: list[str], tmp: Path) -> list[str]:
             flags.append(a)
             if a in _FLAG_WITH_VALUE:
                 flags.append(next(it, ""))
+        elif a.startswith("finetune=") and a[len("finetune=") :][:1] not in ("'", '"', ""):
+            # overrides of another command: one quoted string to Hydra, not a sweep or a key
+            value = a[len("finetune=") :].replace("\\", "\\\\").replace("'", "\\'")
+            plain.append(f"finetune='{value}'")
         else:
             plain.append(a)
     ovs, _ = hydra_overrides(plain, others=True)
@@ -82,12 +87,8 @@ def prepare_overrides(args: list[str], tmp: Path) -> list[str]:
             out.append(ov)
         elif (m := _DOTTED.match(ov)) and m["group"] in SETTINGS:
             out.append(f"++{ov}")
-        elif (
-            (m := _CHOICE.match(ov))
-            and m["group"] not in ("seed", "resume", "init_from")
-            and "." not in m["group"]
-        ):
-            known = [*GROUPS, "seed", "resume", "init_from"]
+        elif (m := _CHOICE.match(ov)) and m["group"] not in TOP and "." not in m["group"]:
+            known = [*GROUPS, *TOP]
             raise SpecError(
                 f"{m['group']}: unknown key; allowed: {', '.join(known)}{nearest(m['group'], known)}"
             )
@@ -142,7 +143,12 @@ def precheck(overrides: list[str]) -> None:
     from train.loop import cheap_checks, planned_run_dir
 
     run_dir = planned_run_dir(cfg)  # checked for room and permission before Hydra creates it
-    cheap_checks(*parse_config(cfg, [o for o in plain if not o.startswith("hydra.")]), run_dir)
+    spec, tcfg = parse_config(cfg, [o for o in plain if not o.startswith("hydra.")])
+    cheap_checks(spec, tcfg, run_dir)
+    if tcfg.finetune:
+        from train.finetune.app import check_chained
+
+        check_chained(tcfg.finetune)
 
 
 def _hydra_line(msg: str) -> str:
@@ -221,4 +227,9 @@ def run(cfg: DictConfig) -> dict:
     spec, tcfg = parse_config(cfg, list(hc.overrides.task))
     run_dir = Path(hc.runtime.output_dir)
     t0 = time.time()
-    return train(spec, tcfg, run_dir, OmegaConf.to_container(cfg, resolve=True), started=t0)
+    summary = train(spec, tcfg, run_dir, OmegaConf.to_container(cfg, resolve=True), started=t0)
+    if tcfg.finetune and summary:  # rank 0 only; fine-tuning is single-device
+        from train.finetune.app import run_chained
+
+        run_chained(tcfg.finetune, run_dir, resume=tcfg.resume)
+    return summary

@@ -129,6 +129,7 @@ class TrainConfig(_Cfg):
     seed: int = 0
     resume: bool = False
     init_from: str | None = None  # a model directory to start from (train.init_from)
+    finetune: str | None = None  # `bertsmith finetune` overrides run on the final model
 
 
 GROUPS = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -110,6 +111,67 @@ def precheck(overrides: list[str]) -> list[str]:
     if kind == "sweep":  # each run gets its own RUN/finetune/<task>; nothing at the top
         return [*overrides, f"hydra.run.dir={source}", "hydra.output_subdir=null"]
     return overrides
+
+
+def chained_config(text: str, init_from: str, resume: bool = False):
+    """(config, resolved dict) of the fine-tuning that ``bertsmith train finetune="..."`` runs
+    on its final model: ``text`` holds ``bertsmith finetune`` overrides; the model is the run's."""
+    import shlex
+    from contextlib import nullcontext
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        args = shlex.split(text)
+    except ValueError as e:
+        raise SpecError(f"finetune: given {text!r}, allowed: finetune overrides ({e})") from None
+    for a in args:
+        if a.startswith(("init_from=", "resume=", "hydra.", "hydra/", "-")):
+            raise SpecError(
+                f"finetune: given {a!r}, allowed: task, data, sift, optim, schedule, trainer and seed "
+                "settings (the model, run directory and resume come from the pre-training run)"
+            )
+    with _about_finetune():
+        overrides = [*prepare_overrides(args), f"init_from={init_from}", f"resume={str(resume).lower()}"]
+    # inside `train`'s Hydra job, Hydra is already set up on the same recipes folder
+    ready = GlobalHydra.instance().is_initialized()
+    try:
+        with nullcontext() if ready else initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
+            cfg = compose(config_name="finetune", overrides=overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        raise SpecError("finetune: " + _hydra_line(str(e))) from None
+    with _about_finetune():
+        return parse_config(cfg), OmegaConf.to_container(cfg, resolve=True)
+
+
+@contextmanager
+def _about_finetune():
+    """Prefix error lines with ``finetune:``: they are about that setting of ``train``."""
+    try:
+        yield
+    except SpecError as e:
+        raise SpecError([f"finetune: {line}" for line in e.lines]) from None
+
+
+def check_chained(text: str) -> None:
+    """Catch a mistake in ``train``'s ``finetune`` setting before pre-training starts."""
+    from train.finetune import data
+
+    fcfg, _ = chained_config(text, "the-pre-training-run")  # not resolved here
+    if fcfg.data.source == "files":
+        with _about_finetune():
+            data.check_labels(*data.load_examples(fcfg.data), fcfg.task)
+
+
+def run_chained(text: str, run_dir: Path, resume: bool) -> dict:
+    """Fine-tune a finished pre-training run into ``RUN/finetune/<task>``."""
+    from train.finetune.run import finetune
+
+    fcfg, resolved = chained_config(text, str(run_dir), resume)
+    return finetune(fcfg, run_dir / "finetune" / fcfg.task.name, resolved, started=time.time())
 
 
 def _hydra_line(msg: str) -> str:
