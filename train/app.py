@@ -135,7 +135,7 @@ def precheck(overrides: list[str]) -> None:
         with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
             cfg = compose(config_name="train", overrides=plain, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise SpecError(_hydra_line(str(e))) from None
+        raise SpecError(hydra_line(str(e))) from None
     except RecursionError:  # a recipe whose defaults reach itself
         raise SpecError(
             "defaults: a recipe includes itself (directly or through another), allowed: a tree"
@@ -151,17 +151,18 @@ def precheck(overrides: list[str]) -> None:
         check_chained(tcfg.finetune)
 
 
-def _hydra_line(msg: str) -> str:
+def hydra_line(msg: str) -> str:
+    """One line from a Hydra or OmegaConf error message."""
     msg = " ".join(msg.split())
     if m := re.search(r"Could not override '([^']+)'.*?Key '([^']+)' is not in struct", msg):
         return f"{m[1]}: unknown key"
+    if m := re.search(r"Could not find '([^']+)'", msg):
+        return f"{m[1]}: not found"
     return f"config: {msg[:300]}"
 
 
 def main(args: list[str]) -> int:
     """Entry point of ``bertsmith train``; returns the exit code."""
-    import hydra
-
     tmp = Path(tempfile.mkdtemp(prefix="bertsmith-train-"))
     try:
         helpish = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args)
@@ -173,48 +174,58 @@ def main(args: list[str]) -> int:
             for line in e.lines:
                 print(f"error: {line}", file=sys.stderr)
             return 2
-
-        @hydra.main(config_path=str(RECIPES), config_name="train", version_base="1.3")
-        def _entry(cfg: DictConfig):
-            return _run_job(cfg)
-
-        saved = sys.argv
-        sys.argv = ["bertsmith train", *overrides]
-        try:
-            _entry()
-        except SystemExit as e:
-            return int(e.code or 0)
-        finally:
-            sys.argv = saved
-        return 0
+        return hydra_app("train", "bertsmith train", overrides, _train_job)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run_job(cfg: DictConfig):
+def hydra_app(config_name: str, prog: str, overrides: list[str], job) -> int:
+    """Run the Hydra app ``recipes/<config_name>.yaml`` with ``overrides``; ``job(cfg)`` runs
+    each job, guarded so a user error is one line. Returns the exit code."""
+    import hydra
+
+    @hydra.main(config_path=str(RECIPES), config_name=config_name, version_base="1.3")
+    def _entry(cfg: DictConfig):
+        return _guarded(job, cfg)
+
+    saved = sys.argv
+    sys.argv = [prog, *overrides]
+    try:
+        _entry()
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _guarded(job, cfg: DictConfig):
+    """One job: a user error or a numerical stop is printed as one line and exits (2, or 1);
+    in a sweep the job's directory gets a FAILED file saying why and the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
 
     hc = HydraConfig.get()
-    multirun = hc.mode.name == "MULTIRUN"
     try:
-        summary = run(cfg)
-        if "optuna" in str(hc.sweeper.get("_target_", "")):  # Optuna minimises one number
-            return summary["val_loss"]
-        return summary
+        return job(cfg)
     except SpecError as e:
-        for line in e.lines:
-            print(f"error: {line}", file=sys.stderr)
-        if multirun:  # one bad job must not end the sweep; its run dir says why
-            out = Path(HydraConfig.get().runtime.output_dir)
-            (out / "FAILED").write_text("\n".join(e.lines) + "\n")
-            return None
-        sys.exit(2)
+        lines, failed, code = e.lines, "\n".join(e.lines), 2
     except FloatingPointError as e:
-        print(f"error: {e}; the last good checkpoint is kept in checkpoints/", file=sys.stderr)
-        if multirun:
-            (Path(HydraConfig.get().runtime.output_dir) / "FAILED").write_text(f"{e}\n")
-            return None
-        sys.exit(1)
+        lines, failed, code = [f"{e}; the last good checkpoint is kept in checkpoints/"], str(e), 1
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    if hc.mode.name == "MULTIRUN":  # one bad job must not end the sweep; its run dir says why
+        (Path(hc.runtime.output_dir) / "FAILED").write_text(failed + "\n")
+        return None
+    sys.exit(code)
+
+
+def _train_job(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+
+    summary = run(cfg)
+    if "optuna" in str(HydraConfig.get().sweeper.get("_target_", "")):  # Optuna minimises one number
+        return summary["val_loss"]
+    return summary
 
 
 def run(cfg: DictConfig) -> dict:

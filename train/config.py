@@ -142,32 +142,33 @@ GROUPS = {
 }
 
 
-def _fields(loc: tuple) -> list[str]:
-    model = TrainConfig
+def _fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed where ``loc`` points inside ``model``."""
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
-        if (
-            field is None
-            or not isinstance(field.annotation, type)
-            or not issubclass(field.annotation, BaseModel)
-        ):
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             return []
-        model = field.annotation
+        model = ann
     return list(model.model_fields)
 
 
-def parse_train_config(data: dict) -> TrainConfig:
-    """Validate the training groups; ``SpecError`` with one line per problem."""
+def validate_config(model: type[BaseModel], data: dict):
+    """``model`` validated from ``data``, or ``SpecError`` with one line per problem naming
+    the key, what was given and what is allowed (shared by ``train`` and ``finetune``)."""
     try:
-        return TrainConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         lines = []
         for err in e.errors():
             loc = tuple(str(x) for x in err["loc"])
             key = ".".join(loc)
             if err["type"] == "extra_forbidden":
-                allowed = _fields(loc)
+                allowed = _fields(model, loc)
                 lines.append(f"{key}: unknown key; allowed: {', '.join(allowed)}{nearest(loc[-1], allowed)}")
+                continue
+            if err["type"] == "missing":
+                lines.append(f"{key}: missing; give {key}=...")
                 continue
             msg = err["msg"]
             for lead in ("Input should be ", "Value error, "):
@@ -177,3 +178,8 @@ def parse_train_config(data: dict) -> TrainConfig:
             else:
                 lines.append(f"{key}: given {shown(err.get('input'))}, allowed: {msg}")
         raise SpecError(dict.fromkeys(lines)) from None
+
+
+def parse_train_config(data: dict) -> TrainConfig:
+    """Validate the training groups; ``SpecError`` with one line per problem."""
+    return validate_config(TrainConfig, data)

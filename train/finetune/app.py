@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from registry.composer import RECIPES, reject_targets
 from registry.errors import SpecError, choice, nearest
+from train.app import hydra_app, hydra_line
 
 GROUPS = ("task", "optim", "schedule", "launcher")
 SECTIONS = ("task", "data", "sift", "optim", "schedule", "trainer")  # any of their keys may be set
@@ -94,7 +95,7 @@ def precheck(overrides: list[str]) -> list[str]:
         with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
             cfg = compose(config_name="finetune", overrides=plain)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise SpecError(_hydra_line(str(e))) from None
+        raise SpecError(hydra_line(str(e))) from None
     fcfg = parse_config(cfg)
     from train.finetune import data
     from train.finetune.source import resolve, tokenizer_path
@@ -142,7 +143,7 @@ def chained_config(text: str, init_from: str, resume: bool = False):
         with nullcontext() if ready else initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
             cfg = compose(config_name="finetune", overrides=overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise SpecError("finetune: " + _hydra_line(str(e))) from None
+        raise SpecError("finetune: " + hydra_line(str(e))) from None
     with _about_finetune():
         return parse_config(cfg), OmegaConf.to_container(cfg, resolve=True)
 
@@ -174,19 +175,8 @@ def run_chained(text: str, run_dir: Path, resume: bool) -> dict:
     return finetune(fcfg, run_dir / "finetune" / fcfg.task.name, resolved, started=time.time())
 
 
-def _hydra_line(msg: str) -> str:
-    msg = " ".join(msg.split())
-    if m := re.search(r"Could not override '([^']+)'.*?Key '([^']+)' is not in struct", msg):
-        return f"{m[1]}: unknown key"
-    if m := re.search(r"Could not find '([^']+)'", msg):
-        return f"{m[1]}: not found"
-    return f"config: {msg[:300]}"
-
-
 def main(args: list[str]) -> int:
     """Entry point of ``bertsmith finetune``; returns the exit code."""
-    import hydra
-
     helpish = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args)
     try:
         overrides = prepare_overrides(args)
@@ -196,44 +186,13 @@ def main(args: list[str]) -> int:
         for line in e.lines:
             print(f"error: {line}", file=sys.stderr)
         return 2
-
-    @hydra.main(config_path=str(RECIPES), config_name="finetune", version_base="1.3")
-    def _entry(cfg: DictConfig):
-        return _run_job(cfg)
-
-    saved = sys.argv
-    sys.argv = ["bertsmith finetune", *overrides]
-    try:
-        _entry()
-    except SystemExit as e:
-        return int(e.code or 0)
-    finally:
-        sys.argv = saved
-    return 0
+    return hydra_app("finetune", "bertsmith finetune", overrides, _finetune_job)
 
 
-def _run_job(cfg: DictConfig):
+def _finetune_job(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
     from train.finetune.run import finetune
 
-    hc = HydraConfig.get()
-    multirun = hc.mode.name == "MULTIRUN"
-    out = Path(hc.runtime.output_dir)
-    try:
-        fcfg = parse_config(cfg)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        return finetune(fcfg, out, resolved, started=time.time())
-    except SpecError as e:
-        for line in e.lines:
-            print(f"error: {line}", file=sys.stderr)
-        if multirun:  # one bad job must not end the sweep; its run dir says why
-            (out / "FAILED").write_text("\n".join(e.lines) + "\n")
-            return None
-        sys.exit(2)
-    except FloatingPointError as e:
-        print(f"error: {e}; the last good checkpoint is kept in checkpoints/", file=sys.stderr)
-        if multirun:
-            (out / "FAILED").write_text(f"{e}\n")
-            return None
-        sys.exit(1)
+    out = Path(HydraConfig.get().runtime.output_dir)
+    return finetune(parse_config(cfg), out, OmegaConf.to_container(cfg, resolve=True), started=time.time())

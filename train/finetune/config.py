@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from registry.errors import SpecError, nearest
-from train.config import OptimConfig, ScheduleConfig
+from registry.errors import nearest
+from train.config import OptimConfig, ScheduleConfig, validate_config
 from train.finetune.metrics import METRICS
 
 
@@ -118,38 +118,6 @@ class FinetuneConfig(_Cfg):
     resume: bool = False
 
 
-def _fields(loc: tuple) -> list[str]:
-    model = FinetuneConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return list(model.model_fields)
-
-
 def parse_finetune_config(data: dict) -> FinetuneConfig:
     """Validate a composed ``finetune`` config; ``SpecError`` with one line per problem."""
-    try:
-        return FinetuneConfig.model_validate(data)
-    except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = tuple(str(x) for x in err["loc"])
-            key = ".".join(loc)
-            if err["type"] == "extra_forbidden":
-                allowed = _fields(loc)
-                lines.append(f"{key}: unknown key; allowed: {', '.join(allowed)}{nearest(loc[-1], allowed)}")
-                continue
-            if err["type"] == "missing":
-                lines.append(f"{key}: missing; give {key}=...")
-                continue
-            msg = err["msg"]
-            for lead in ("Input should be ", "Value error, "):
-                msg = msg.removeprefix(lead)
-            if ": given " in msg:  # our validators name the sub-key themselves
-                lines.append(f"{key + '.' if key else ''}{msg}")
-            else:
-                lines.append(f"{key}: given {err.get('input')!r}, allowed: {msg}")
-        raise SpecError(dict.fromkeys(lines)) from None
+    return validate_config(FinetuneConfig, data)
