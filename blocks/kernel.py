@@ -85,7 +85,9 @@ class SdpaParams(Params):
     ``band``: local layers in the band layout (blocks/band.py), computing ~1.5·w scores per
     query instead of the whole padded L×L; ``never`` masks a padded L×L. ``split``: global
     layers on a variable-length batch one sequence at a time (CPU, where per-call overhead is
-    small), instead of padded and masked; ``never`` always pads."""
+    small), instead of padded and masked; ``never`` always pads. ``always`` forces either path
+    wherever it can run: a score bias that differs per sequence (DeBERTa's) needs the padded
+    layout, and a one-sequence batch has nothing to split."""
 
     band: Literal["auto", "always", "never"] = "auto"
     split: Literal["auto", "always", "never"] = "auto"
