@@ -111,7 +111,11 @@ def _runtime_problems(spec, device: str | None, training: bool) -> list[str]:
     out = []
     for caps, what in needs:
         if not kernel.provides & set(caps):
-            able = [e.name for e in REGISTRY.entries["kernel"].values() if e.provides & set(caps)]
+            able = [  # kernels that meet every need, not only this one
+                e.name
+                for e in REGISTRY.entries["kernel"].values()
+                if all(e.provides & set(c) for c, _ in needs)
+            ]
             out.append(
                 f"model.kernel: given {kernel.name!r}, which is not a kernel that {what}; "
                 f"allowed: {', '.join(able)}"

@@ -74,3 +74,16 @@ def test_cli_json_and_refusals(tmp_path):
         r = bertsmith("bench", "--device", "cuda", cache=tmp_path)
         assert r.returncode == 2 and r.stderr.strip().startswith("error: bench: given --device cuda")
         assert "Traceback" not in r.stderr
+
+
+def test_a_kernel_that_cannot_run_is_refused_before_any_work():
+    from registry.errors import SpecError
+    from train.bench import check_kernel
+
+    with pytest.raises(SpecError) as e:
+        check_kernel("nope", ["bert"], "cpu", training=True)
+    assert e.value.lines == ["--kernel: given 'nope', allowed: eager, sdpa, flex, flash_attn, xformers"]
+    with pytest.raises(SpecError) as e:
+        check_kernel("flex", ["modernbert"], "cpu", training=True)  # the mlm case trains
+    assert e.value.lines[0].endswith("has a backward pass on cpu; allowed: eager, sdpa")
+    check_kernel("flex", ["modernbert", "bert"], "cpu", training=False)  # forward cases only: fine

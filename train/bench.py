@@ -375,12 +375,26 @@ def format_row(r: Row) -> str:
     )
 
 
+def check_kernel(kernel: str, families, device: str, training: bool) -> None:
+    """Refuse, before any work, a kernel that is unknown or cannot run a family's model here."""
+    import registry
+    from registry.errors import SpecError, choice
+
+    names = registry.REGISTRY.names("kernel")
+    if kernel not in names:
+        raise SpecError(choice("--kernel", kernel, names))
+    for family in families:
+        spec = registry.compose(f"{family}-tiny", [f"model/kernel={kernel}"])
+        registry.check(spec, device=device, training=training)
+
+
 def main(args) -> None:
     """The CLI entry (``bertsmith bench``)."""
     from registry.errors import SpecError
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SpecError("bench: given --device cuda, allowed: cpu (torch sees no CUDA device here)")
+    check_kernel(args.kernel, args.family, args.device, training="mlm" in args.case)
     out = sys.stderr if args.json else sys.stdout  # JSON alone on stdout
 
     def report(line: str) -> None:
