@@ -82,7 +82,9 @@ class Learned(PositionalScheme):
         super().__init__()
         self.offset = offset
         self.max_seq_len = max_seq_len
-        self.weight = nn.Parameter(torch.empty(max_seq_len + offset, d_model))  # the init scheme fills it
+        # the init scheme refills it; drawn here too, so a model built without one (weights
+        # loaded next, or a test) never holds uninitialised memory, which can be nan
+        self.weight = nn.Parameter(torch.randn(max_seq_len + offset, d_model) * 0.02)
         self.init_role = "embedding"
 
     def embed(self, position_ids: Tensor) -> Tensor:
