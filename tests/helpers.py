@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -74,3 +76,15 @@ def bertsmith(*args: str, cache: Path, wait: bool = True, timeout: int = 900):
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def kill_when(proc, path: Path, timeout: float = 300) -> None:
+    """SIGKILL ``proc`` as soon as ``path`` exists; fails if the process ended first."""
+    deadline = time.time() + timeout
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    if proc.poll() is not None:
+        err = proc.communicate()[1] if proc.stderr else ""
+        raise AssertionError(f"the process ended before {path.name} appeared: {(err or '')[-3000:]}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -15,14 +15,12 @@ import csv
 import json
 import math
 import random
-import signal
 import sysconfig
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import TINY_TRAIN, bertsmith
+from helpers import TINY_TRAIN, bertsmith, kill_when
 
 import registry
 from train.callbacks import read_metrics
@@ -403,12 +401,7 @@ def test_finetuning_after_interrupted_and_resumed_pretraining_is_the_same(grid, 
     cut = tmp_path / "cut"
     proc = bertsmith("train", *PRETRAIN, "seed=0", f"hydra.run.dir={cut}", cache=cache, wait=False)
     ckpt = cut / "checkpoints" / "step=10.ckpt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, ckpt)
     assert not (cut / "model").exists()
     refused = bertsmith("finetune", f"init_from={cut}", *topic_args(task_files), cache=cache)
     assert refused.returncode == 2 and "resume=true" in refused.stderr  # not finished yet

@@ -12,11 +12,9 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ROOT, TINY_TRAIN, bertsmith
+from helpers import ROOT, TINY_TRAIN, bertsmith, kill_when
 
 import registry
 from registry.errors import SpecError
@@ -940,12 +938,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, 
         [sys.executable, "-c", KILL_MID_WRITE, str(flag), "train", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.time() + 300
-    while not flag.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, flag)
     partial = Path(flag.read_text())
     assert partial.parent == run_dir / "checkpoints" and partial.name != "last.ckpt"
     assert partial.exists()  # what the kill left: half a file, beside the good one
@@ -988,12 +981,7 @@ def test_sweep_interrupted_mid_grid_reruns_only_unfinished_jobs(tmp_path, cache)
     sweep = tmp_path / "sweep"
     args = ["-m", f"hydra.sweep.dir={sweep}", "seed=0,1,2", "trainer.max_steps=2", "trainer.val_every=2"]
     proc = run_train(tmp_path / "unused", *args, cache=cache, wait=False)
-    deadline = time.time() + 300
-    while not (sweep / "0" / "summary.json").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the sweep ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, sweep / "0" / "summary.json")
     assert not (sweep / "1" / "summary.json").exists() and not (sweep / "2").exists()
 
     def files(job):

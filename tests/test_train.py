@@ -1,10 +1,7 @@
 """`bertsmith train` end to end: every family, resume after a kill, DDP, bad input."""
 
-import signal
-import time
-
 import pytest
-from helpers import TINY_TRAIN, bertsmith
+from helpers import TINY_TRAIN, bertsmith, kill_when
 
 import registry
 from train.callbacks import read_metrics
@@ -81,12 +78,7 @@ def test_resume_after_sigkill_gives_the_same_metrics(tmp_path, cache):
     assert full.returncode == 0, full.stderr[-2000:]
     proc = train(tmp_path / "cut", *common, cache=cache, wait=False)
     ckpt = tmp_path / "cut" / "checkpoints" / "step=4.ckpt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(proc, ckpt)
     assert not (tmp_path / "cut" / "model").exists()
     again = train(tmp_path / "cut", *common, "resume=true", cache=cache)
     assert again.returncode == 0, again.stderr[-2000:]

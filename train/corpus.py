@@ -185,35 +185,40 @@ def file_paths(path: str | os.PathLike) -> list[Path]:
     raise SpecError(f"data.path: given {str(p)!r}, allowed: an existing file or folder")
 
 
-def hf_documents(name: str, split: str, text_column: str, streaming: bool) -> Iterator[str]:
-    """Documents of a ``datasets`` dataset (a Hub name, or a local folder / data file)."""
+DATA_FILE_KINDS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".csv": "csv"}
+
+
+def load_hf_dataset(
+    name: str, split: str, config: str | None = None, streaming: bool = False, key: str = "data.name"
+):
+    """One split of a ``datasets`` dataset: a Hub name (+ ``config``), a ``save_to_disk``
+    folder, or a local data file; anything ``datasets`` cannot load is one ``SpecError`` line
+    about ``key`` (shared by pre-training corpora and fine-tuning tasks)."""
     import datasets
 
     local = Path(name).expanduser()
     try:
-        if local.is_dir() and (local / "dataset_info.json").is_file():
+        if local.is_dir() and any((local / n).is_file() for n in ("dataset_dict.json", "dataset_info.json")):
             ds = datasets.load_from_disk(str(local))
-            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-        elif local.is_file():
-            kind = {
-                ".jsonl": "json",
-                ".json": "json",
-                ".parquet": "parquet",
-                ".txt": "text",
-                ".csv": "csv",
-            }.get(local.suffix)
+            return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
+        if local.is_file():
+            kind = DATA_FILE_KINDS.get(local.suffix)
             if kind is None:
-                raise SpecError(f"data.name: given {name!r}, allowed: a dataset name, folder or data file")
-            ds = datasets.load_dataset(kind, data_files=str(local), split=split, streaming=streaming)
-        else:
-            ds = datasets.load_dataset(name, split=split, streaming=streaming)
+                raise SpecError(f"{key}: given {name!r}, allowed: a dataset name, folder or data file")
+            return datasets.load_dataset(kind, data_files=str(local), split=split, streaming=streaming)
+        return datasets.load_dataset(name, config, split=split, streaming=streaming)
     except SpecError:
         raise
     except Exception as e:  # datasets raises many types for "not found" / "no network"
         raise SpecError(
-            f"data.name: given {name!r}, allowed: a loadable dataset "
+            f"{key}: given {name!r} (split {split!r}), allowed: a loadable dataset "
             f"({type(e).__name__}: {' '.join(str(e).split())[:160]})"
         ) from None
+
+
+def hf_documents(name: str, split: str, text_column: str, streaming: bool) -> Iterator[str]:
+    """Documents of a ``datasets`` dataset (a Hub name, or a local folder / data file)."""
+    ds = load_hf_dataset(name, split, streaming=streaming)
     for row in _readable(ds, name):
         text = row.get(text_column)
         if text is None:

@@ -69,30 +69,9 @@ def _read_file(path: str, key: str) -> list[dict]:
 def _read_hf(cfg, split: str, key: str) -> list[dict]:
     """Rows of a ``datasets`` dataset: a Hub name (+ ``data.config``), a ``save_to_disk``
     folder, or a local data file."""
-    import datasets
+    from train.corpus import load_hf_dataset
 
-    local = Path(cfg.name).expanduser()
-    try:
-        if local.is_dir() and any((local / n).exists() for n in ("dataset_dict.json", "dataset_info.json")):
-            ds = datasets.load_from_disk(str(local))
-            ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-        elif local.is_file():
-            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}.get(local.suffix)
-            if kind is None:
-                raise SpecError(
-                    f"data.name: given {cfg.name!r}, allowed: a dataset name, folder or data file"
-                )
-            ds = datasets.load_dataset(kind, data_files=str(local), split=split)
-        else:
-            ds = datasets.load_dataset(cfg.name, cfg.config, split=split)
-    except SpecError:
-        raise
-    except Exception as e:  # datasets raises many types for "not found" / "no network"
-        raise SpecError(
-            f"data.{key}: given {cfg.name!r} split {split!r}, allowed: a loadable dataset split "
-            f"({type(e).__name__}: {' '.join(str(e).split())[:160]})"
-        ) from None
-    return [dict(r) for r in ds]
+    return [dict(r) for r in load_hf_dataset(cfg.name, split, cfg.config, key=f"data.{key}")]
 
 
 def _examples(rows: list[dict], cfg, where: str) -> list[Example]:
