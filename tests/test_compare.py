@@ -1,6 +1,7 @@
 """A real 2x2 grid, end to end: train -m, then compare; the table against the runs' metrics."""
 
 import csv
+import json
 import statistics
 
 import pytest
@@ -55,10 +56,48 @@ def test_table_rows_match_the_runs(grid):
         spec = registry.load_spec(runs[0] / "spec.yaml")
         assert int(row["params"]) == registry.cost(spec)["params"]["total"]
         assert int(row["flops_per_token"]) == registry.cost(spec, 64)["flops_per_token"]["encoder"]
+    # every job of the grid trained on one tokenizer, and the table says which
+    hashes = {json.loads((d / "summary.json").read_text())["tokenizer_sha256"] for d in _jobs(sweep)}
+    (sha,) = hashes
+    assert {row["tokenizer"] for row in rows.values()} == {sha[:12]}
+    assert f"| {sha[:12]} |" in (sweep / "summary.md").read_text() and sha[:12] in out.stdout
     best = min(rows.values(), key=lambda r: float(r["val_loss"]))
     assert best["best"] == "True" and sum(r["best"] == "True" for r in rows.values()) == 1
     assert "(best)" in (sweep / "summary.md").read_text()
     assert "bertsmith export" in out.stdout and "--to recipe" in out.stdout
+
+
+def _jobs(sweep):
+    return sorted((d for d in sweep.iterdir() if (d / ".hydra").is_dir()), key=lambda d: int(d.name))
+
+
+def test_runs_of_a_variant_on_different_tokenizers_show_each(grid, tmp_path):
+    """A run still going has no summary.json: its hash comes from its tokenizer.json. Seeds of
+    one variant that trained on different tokenizers are told apart in the column."""
+    import shutil
+
+    from train.tokenizer import file_sha256
+
+    sweep, cache = grid
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    runs = [d for d in _jobs(copy) if "positional=rope" in (d / ".hydra" / "overrides.yaml").read_text()]
+    assert len(runs) == 2
+    other = runs[1] / "tokenizer.json"
+    state = json.loads(other.read_text())
+    vocab = state["model"]["vocab"]
+    a, b = list(vocab)[-6:-4]  # two ordinary tokens swap ids
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    other.write_text(json.dumps(state))
+    (runs[1] / "summary.json").unlink()
+    out = cli("compare", str(copy), cache=cache)
+    assert out.returncode == 0, out.stderr
+    with (copy / "summary.csv").open() as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    first, second = file_sha256(runs[0] / "tokenizer.json"), file_sha256(other)
+    assert first != second
+    assert rows["model/positional=rope"]["tokenizer"] == f"{first[:12]}/{second[:12]}"
+    assert rows["model/positional=alibi"]["tokenizer"] == first[:12]
 
 
 def test_plots_are_real_images(grid):

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -750,8 +751,10 @@ def _finite_state(ckpt: dict) -> bool:
 
 @pytest.fixture(scope="module")
 def diverged(tmp_path_factory, cache):
-    """A run whose loss really goes non-finite a few steps in: AdamW at lr=300, fp32 on the
-    CPU (so the step does not depend on the machine's GPU), a checkpoint every step."""
+    """A run whose loss really goes non-finite: AdamW at lr=300, fp32 on the CPU, a
+    checkpoint every step. Where it overflows (which step, nan or inf, loss or gradient)
+    depends on the CPU's rounding (it differs even between 1 and 2 threads), so tests of it
+    read the step from the error line; ``stopped`` is the same fault at a chosen step."""
     run_dir = tmp_path_factory.mktemp("diverged") / "run"
     p = run_train(
         run_dir,
@@ -760,7 +763,7 @@ def diverged(tmp_path_factory, cache):
         "trainer.accelerator=cpu",
         "schedule=constant",
         "schedule.warmup=0",
-        "trainer.max_steps=20",
+        "trainer.max_steps=30",
         "trainer.val_every=100",
         "trainer.checkpoint.every_n_steps=1",
         cache=cache,
@@ -768,56 +771,173 @@ def diverged(tmp_path_factory, cache):
     return run_dir, p
 
 
+NONFINITE_LINE = re.compile(r"error: non-finite (loss \((?:nan|inf|-inf)\)|gradient|weights) at step (\d+); ")
+
+
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(diverged):
+    """A real overflow, wherever this CPU's rounding puts it: one line naming the step and
+    what went non-finite, and the run directory agrees with it (the newest checkpoint worth
+    resuming is ``last.ckpt`` and is finite, or there is none and the line says so)."""
     run_dir, p = diverged
-    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.returncode == 2, p.stderr[-3000:] or "lr=300 did not diverge in 30 steps on this machine"
     assert "Traceback" not in p.stderr
     (line,) = p.stderr.splitlines()
-    prefix = "error: non-finite loss (nan) at step "
-    assert line.startswith(prefix), line
-    step = int(line[len(prefix) :].split(";")[0])
-    assert step >= 3, "diverged too early to leave a good checkpoint; the test needs a gentler lr"
+    m = NONFINITE_LINE.match(line)
+    assert m, line
+    what, step = m[1], int(m[2])
+    # weights that overflow in step N were left by the finite step N; a bad loss or gradient
+    # at step N came from the weights of step N-1, themselves made by step N-1 from those of N-2
+    good = step - 1 if what == "weights" else step - 2
     last = run_dir / "checkpoints" / "last.ckpt"
-    # the weights of step-1 gave the nan; those of step-2 gave a finite loss: they are kept
-    assert f"; last good checkpoint: {last} (step {step - 2}); resume=true with a lower optim.lr" in line
+    if good >= 1:
+        assert f"; last good checkpoint: {last} (step {good}); resume=true with a lower optim.lr" in line
+        ckpt = _load(last)
+        assert ckpt["global_step"] == good and _finite_state(ckpt)
+    else:
+        assert f"; no checkpoint from before step {good + 1} to keep (resume=true starts over)" in line
+        assert not last.exists()
     assert line.endswith("; or set trainer.skip_nonfinite=N to skip up to N bad batches")
     rows = [r for r in read_metrics(run_dir / "metrics.csv") if "train_loss" in r]
-    assert [r["step"] for r in rows] == list(range(1, step))  # nothing logged past the fault
+    logged = step if what == "weights" else step - 1  # a bad loss or gradient is never logged
+    assert [r["step"] for r in rows] == list(range(1, logged + 1))  # nothing logged past the fault
     assert all(math.isfinite(r["train_loss"]) for r in rows)
-    ckpt = _load(last)
-    assert ckpt["global_step"] == step - 2 and _finite_state(ckpt)
-    assert _load(run_dir / "checkpoints" / f"step={step - 1}.ckpt")["global_step"] == step - 1
+    for s in range(1, step):  # every checkpoint on disk holds finite weights
+        ck = run_dir / "checkpoints" / f"step={s}.ckpt"
+        assert _load(ck)["global_step"] == s and _finite_state(_load(ck))
     assert not (run_dir / "checkpoints" / f"step={step}.ckpt").exists()
     assert not (run_dir / "model").exists() and not (run_dir / "summary.json").exists()
     FAULTS.append("non-finite loss")
 
 
-def test_a_diverged_run_resumes_from_its_last_good_checkpoint(diverged, tmp_path, cache):
-    run_dir, _ = diverged
+POISON = """
+import sys
+from train.module import PretrainModule
+real, bad = PretrainModule.forward, int(sys.argv[1])
+def forward(self, batch):  # a real nan in the graph at step `bad`, as a bad batch would give
+    loss, metrics = real(self, batch)
+    if self.training and self.global_step + 1 == bad:
+        loss = loss * float("nan")
+    return loss, metrics
+PretrainModule.forward = forward
+from train.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+STOPPED_AT = 5  # the step whose loss is nan in ``stopped``
+STOPPED = ["optim=adamw", "trainer.accelerator=cpu", "schedule=constant", "schedule.warmup=0",
+           "trainer.val_every=100", "trainer.checkpoint.every_n_steps=1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, cache):
+    """A run stopped by a nan loss at step ``STOPPED_AT``, at a normal rate (optim.lr=1e-3),
+    so its weights are sound and what follows does not depend on the CPU's rounding: the
+    nan is put into the loss by patching ``PretrainModule.forward`` in the child process."""
+    run_dir = tmp_path_factory.mktemp("stopped") / "run"
+    args = [*TINY_TRAIN, "model.n_layers=2", f"hydra.run.dir={run_dir}", *STOPPED, "optim.lr=1e-3",
+            "trainer.max_steps=8"]  # fmt: skip
+    env = {**os.environ, "BERTSMITH_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    p = subprocess.run(
+        [sys.executable, "-c", POISON, str(STOPPED_AT), "train", *args],
+        env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    return run_dir, p
+
+
+def test_a_nan_loss_stops_the_run_at_that_step_and_keeps_step_minus_2(stopped):
+    run_dir, p = stopped
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert p.stderr.splitlines() == [
+        f"error: non-finite loss (nan) at step {STOPPED_AT}; last good checkpoint: "
+        f"{run_dir / 'checkpoints' / 'last.ckpt'} (step {STOPPED_AT - 2}); resume=true with a lower "
+        "optim.lr continues from it; or set trainer.skip_nonfinite=N to skip up to N bad batches"
+    ]
+    ckpt = _load(run_dir / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == STOPPED_AT - 2 and _finite_state(ckpt)
+    rows = [r["step"] for r in read_metrics(run_dir / "metrics.csv") if "train_loss" in r]
+    assert rows == list(range(1, STOPPED_AT))
+    assert not (run_dir / "checkpoints" / f"step={STOPPED_AT}.ckpt").exists()
+    assert not (run_dir / "model").exists() and not (run_dir / "summary.json").exists()
+
+
+def test_a_diverged_run_resumes_from_its_last_good_checkpoint(stopped, tmp_path, cache):
+    """``resume=true`` with a changed ``optim.lr``: the run goes on from the kept step at the
+    configured rate, finite, to a model (the README's way out of a divergence)."""
+    run_dir, _ = stopped
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     done = _load(copy / "checkpoints" / "last.ckpt")["global_step"]
-    p = run_train(
-        copy, "resume=true", "optim=adamw", "optim.lr=1e-3", "trainer.accelerator=cpu", "schedule=constant",
-        "schedule.warmup=0", f"trainer.max_steps={done + 4}", "trainer.val_every=100",
-        "trainer.checkpoint.every_n_steps=1", cache=cache,
-    )  # fmt: skip
+    assert done == STOPPED_AT - 2
+    p = run_train(copy, "resume=true", *STOPPED, "optim.lr=5e-4", f"trainer.max_steps={done + 4}",
+                  cache=cache)  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     rows = [r for r in read_metrics(copy / "metrics.csv") if "train_loss" in r]
     assert [r["step"] for r in rows] == list(range(1, done + 5))
-    assert [r["lr"] for r in rows if r["step"] > done] == [1e-3] * 4  # the configured rate
-    assert all(math.isfinite(r["train_loss"]) for r in rows if r["step"] > done)
+    assert [r["lr"] for r in rows] == [1e-3] * done + [5e-4] * 4  # the kept rows, then the new rate
+    assert all(math.isfinite(r["train_loss"]) for r in rows)
+    assert _load(copy / "checkpoints" / "last.ckpt")["global_step"] == done + 4
+    # the diverged run's step=4.ckpt is rewritten, not kept beside a step=4-v1.ckpt
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == sorted(
+        ["last.ckpt", *(f"step={s}.ckpt" for s in range(1, done + 5))]
+    )
     assert registry.load(copy / "model") is not None
 
 
-def test_resume_refuses_a_pickle_bearing_checkpoint(diverged, tmp_path, cache, canary):
-    run_dir, _ = diverged
+def test_resume_refuses_a_tokenizer_other_than_the_runs(stopped, tmp_path, cache):
+    """A resumed run must train on the tokenizer it was trained with (its ``tokenizer.json``,
+    by ``tokenizer_sha256``): one line, exit 2, nothing written, whether the tokenizer settings
+    changed (checked before the model's spec, whose vocabulary follows) or this machine's
+    cached tokenizer differs (as another machine's did before training was deterministic:
+    same size, so the spec alone would not tell). Then the way out the line names resumes it."""
+    from train.tokenizer import file_sha256
+
+    run_dir, _ = stopped
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    sha = file_sha256(copy / "tokenizer.json")
+    other_cache = tmp_path / "cache"
+    shutil.copytree(cache, other_cache)
+    for f in (other_cache / "tokenizers").glob("*.json"):
+        state = json.loads(f.read_text())
+        vocab = state["model"]["vocab"]
+        a, b = list(vocab)[-2:]  # two tokens swap ids: same size, another tokenizer
+        vocab[a], vocab[b] = vocab[b], vocab[a]
+        f.write_text(json.dumps(state))
+
+    def files():
+        return {p: p.stat().st_mtime_ns for p in copy.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+
+    before = files()
+    done = _load(copy / "checkpoints" / "last.ckpt")["global_step"]
+    common = ["resume=true", *STOPPED, "optim.lr=1e-3", f"trainer.max_steps={done + 2}"]
+    for extra, where in ((["tokenizer.min_frequency=1000"], cache), ([], other_cache)):
+        p = run_train(copy, *common, *extra, cache=where)
+        assert p.returncode == 2, p.stderr[-3000:]
+        assert "Traceback" not in p.stderr and p.stdout == ""
+        (line,) = p.stderr.splitlines()
+        assert line.startswith("error: resume: given a tokenizer (sha256 "), line
+        assert (
+            f"that differs from the one {str(copy)!r} was trained with (tokenizer.json, sha256 "
+            f"{sha[:12]}), allowed: the same corpus and tokenizer settings as the run being resumed, "
+            f"or tokenizer=file tokenizer.path={copy / 'tokenizer.json'}"
+        ) in line, line
+        assert files() == before
+
+    way_out = ["tokenizer=file", f"tokenizer.path={copy / 'tokenizer.json'}"]
+    p = run_train(copy, *common, *way_out, cache=other_cache)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((copy / "summary.json").read_text())["tokenizer_sha256"] == sha
+    assert _load(copy / "checkpoints" / "last.ckpt")["global_step"] == done + 2
+
+
+def test_resume_refuses_a_pickle_bearing_checkpoint(stopped, tmp_path, cache, canary):
+    run_dir, _ = stopped
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     good = _load(copy / "checkpoints" / "last.ckpt")
     good["callbacks"] = {"evil": _Payload(canary)}
     torch.save(good, copy / "checkpoints" / "last.ckpt")
-    p = run_train(copy, "resume=true", "optim=adamw", "optim.lr=1e-3", "trainer.max_steps=20", cache=cache)
+    p = run_train(copy, "resume=true", *STOPPED, "optim.lr=1e-3", "trainer.max_steps=20", cache=cache)
     assert p.returncode == 2, p.stderr[-3000:]
     assert "Traceback" not in p.stderr
     (line,) = p.stderr.splitlines()
@@ -950,6 +1070,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, 
                   "trainer.checkpoint.every_n_steps=2", cache=cache)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
+    assert not list((run_dir / "checkpoints").glob("*-v*.ckpt"))  # step=4.ckpt was rewritten
     assert _load(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 6
     rows = [r["step"] for r in read_metrics(run_dir / "metrics.csv") if "train_loss" in r]
     assert rows == [1, 2, 3, 4, 5, 6]

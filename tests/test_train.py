@@ -1,10 +1,13 @@
 """`bertsmith train` end to end: every family, resume after a kill, DDP, bad input."""
 
+import json
+
 import pytest
 from helpers import TINY_TRAIN, bertsmith, kill_when
 
 import registry
 from train.callbacks import read_metrics
+from train.tokenizer import file_sha256
 
 SMALL = TINY_TRAIN
 
@@ -65,6 +68,11 @@ def test_each_family_trains_and_writes_a_run_dir(pretrain, tmp_path, cache):
     assert spec.head.kind == expected_head
     assert registry.load(d / "model").spec == spec
     assert "val MLM loss" in run.stdout and str(d / "model") in run.stdout
+    # the tokenizer's identity is recorded, and is that of the tokenizer.json it wrote
+    sha = file_sha256(d / "tokenizer.json")
+    assert json.loads((d / "summary.json").read_text())["tokenizer_sha256"] == sha
+    assert file_sha256(d / "model" / "tokenizer.json") == sha
+    assert f"sha256 {sha[:12]}" in run.stdout
 
 
 def test_resume_after_sigkill_gives_the_same_metrics(tmp_path, cache):
@@ -169,8 +177,6 @@ def test_an_existing_run_is_never_overwritten(tmp_path, cache):
 
 
 def test_streaming_corpus(tmp_path, cache):
-    import json
-
     docs = [
         json.dumps({"text": f"Document {i} says that the value of item {i} is {i * i}."}) for i in range(400)
     ]

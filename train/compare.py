@@ -10,6 +10,10 @@ by ``bertsmith finetune``) become columns ``finetune:<task>/<metric>``, averaged
 like the MLM columns, and ``--metric finetune:<task>/<metric>`` ranks the grid by one of
 them (higher is better, except ``mse`` and ``loss``). A grid of fine-tuning runs (``bertsmith
 finetune -m ...``) compares the same way, by its own scores.
+
+The ``tokenizer`` column is the first 12 hex digits of each variant's tokenizer hash
+(``summary.json``'s ``tokenizer_sha256``, or the hash of the run's ``tokenizer.json`` while it
+runs); runs of one variant that trained on different tokenizers show each, joined by ``/``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from pydantic import ValidationError
 from registry.errors import SpecError, nearest
 from train.callbacks import read_metrics
 from train.config import DataConfig
+from train.tokenizer import file_sha256
 
 _SEED = re.compile(r"^\+{0,2}seed=")
 MLM_METRICS = ("val_loss", "val_mlm_acc")
@@ -44,6 +49,7 @@ class Run:
     summary: dict = field(default_factory=dict)
     params: int | None = None
     flops: int | None = None
+    tokenizer: str | None = None  # tokenizer_sha256 of the run's tokenizer
     downstream: dict[str, float] = field(default_factory=dict)  # "finetune:<task>/<metric>"
 
     def last(self, key: str) -> float | None:
@@ -137,7 +143,13 @@ def load_run(d: Path) -> Run:
         run.metrics = []  # a fine-tuning run: its val_loss is the task's, not MLM's
     run.downstream = downstream_of(d, run.summary)
     run.params, run.flops = _costs(d)
+    run.tokenizer = _tokenizer_sha256(d, run.summary)
     return run
+
+
+def _tokenizer_sha256(d: Path, summary: dict) -> str | None:
+    recorded = summary.get("tokenizer_sha256")
+    return recorded if isinstance(recorded, str) and recorded else file_sha256(d / "tokenizer.json")
 
 
 def _config_keys(d: Path) -> set[str]:
@@ -203,6 +215,7 @@ def summarize_runs(runs: list[Run], metric: str = "val_loss") -> list[dict]:
                 else "/".join(f"{s}:{sum(r.status == s for r in rs)}" for s in states),
                 "params": next((r.params for r in rs if r.params), None),
                 "flops_per_token": next((r.flops for r in rs if r.flops), None),
+                "tokenizer": "/".join(dict.fromkeys(r.tokenizer[:12] for r in rs if r.tokenizer)) or None,
                 "val_loss": loss[0],
                 "val_loss_std": loss[1],
                 "val_mlm_acc": acc[0],
@@ -256,9 +269,9 @@ def markdown(rows: list[dict]) -> str:
     extra = downstream_keys(rows)  # "finetune:sst2/accuracy" is shown as "sst2 accuracy"
     names = "".join(f" {k.removeprefix('finetune:').replace('/', ' ')} |" for k in extra)
     head = (
-        "| variant | runs | status | params | FLOPs/token | val MLM loss | val MLM acc |"
+        "| variant | runs | status | params | FLOPs/token | tokenizer | val MLM loss | val MLM acc |"
         f"{names} tokens/s | peak RSS MB | wall s |\n"
-        f"|---|---:|---|---:|---:|---:|---:|{'---:|' * len(extra)}---:|---:|---:|\n"
+        f"|---|---:|---|---:|---:|---|---:|---:|{'---:|' * len(extra)}---:|---:|---:|\n"
     )
     lines = []
     for r in rows:
@@ -266,7 +279,7 @@ def markdown(rows: list[dict]) -> str:
         cells = "".join(f" {_pm(r, k)} |" for k in extra)
         lines.append(
             f"| {r['variant']}{mark} | {r['runs']} | {r['status']} | {_fmt(r['params'])} | "
-            f"{_fmt(r['flops_per_token'])} | {_pm(r, 'val_loss')} | "
+            f"{_fmt(r['flops_per_token'])} | {_fmt(r['tokenizer'])} | {_pm(r, 'val_loss')} | "
             f"{_pm(r, 'val_mlm_acc')} |{cells} {_fmt(r['tokens_per_s'], 0)} | "
             f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['wall_s'], 0)} |"
         )

@@ -24,7 +24,7 @@ from train import corpus, init_from
 from train.callbacks import AtomicCheckpointIO, MetricsCSV, StepProgressBar, read_metrics
 from train.data import Data, StreamingBatches, build_data
 from train.module import NonFiniteError, PretrainModule, all_finite
-from train.tokenizer import load_tokenizer
+from train.tokenizer import Tok, file_sha256, load_tokenizer
 
 
 class PretrainDataModule(L.LightningDataModule):
@@ -266,6 +266,7 @@ def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = Non
     if tcfg.resume and ckpt is None:
         print(f"bertsmith: resume=true but {run_dir} has no checkpoint yet; starting fresh")
     if ckpt is not None:
+        check_same_tokenizer(run_dir, data.tok)  # first: the tokenizer sizes the model's vocabulary
         old = registry.load_spec(run_dir / "spec.yaml") if (run_dir / "spec.yaml").exists() else spec
         if old != spec:
             raise SpecError(
@@ -298,6 +299,10 @@ def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = Non
         every_n_train_steps=t.checkpoint.every_n_steps,
         save_last=True,
         save_top_k=-1,
+        # a resumed run rewrites the step=N.ckpt an interrupted or diverged run left past its
+        # restored step, and last.ckpt even in a moved run dir (Lightning would write
+        # step=N-v1.ckpt and last-v1.ckpt beside them, and resume=true would find the old last)
+        enable_version_counter=False,
     )
     strategy = t.strategy
     if strategy == "auto" and t.devices > 1:
@@ -356,6 +361,19 @@ def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = Non
     return summary
 
 
+def check_same_tokenizer(run_dir: Path, tok: Tok) -> None:
+    """A resumed run goes on with the tokenizer it was trained with (its ``tokenizer.json``,
+    compared by ``tokenizer_sha256``): another one would renumber the tokens under the weights."""
+    old = file_sha256(run_dir / "tokenizer.json")
+    if old is not None and old != tok.sha256:
+        raise SpecError(
+            f"resume: given a tokenizer (sha256 {tok.sha256[:12]}) that differs from the one "
+            f"{str(run_dir)!r} was trained with (tokenizer.json, sha256 {old[:12]}), allowed: the same "
+            "corpus and tokenizer settings as the run being resumed, or "
+            f"tokenizer=file tokenizer.path={run_dir / 'tokenizer.json'}"
+        )
+
+
 def keep_last_good(run_dir: Path, good_step: int) -> int | None:
     """Make ``checkpoints/last.ckpt`` the newest checkpoint of a step at most ``good_step``
     (see ``NonFiniteError``), so that ``resume=true`` starts from weights that can go on;
@@ -403,6 +421,7 @@ def summarize(run_dir: Path, model_dir: Path, data: Data, train_s: float) -> dic
         "tokens_per_s": next((r["tokens_per_s"] for r in reversed(train_rows) if "tokens_per_s" in r), None),
         "packing_efficiency": data.stats.get("packing_efficiency"),
         "train_s": round(train_s, 1),
+        "tokenizer_sha256": data.tok.sha256,
     }
     if "val_nsp_acc" in last_val:
         summary["val_nsp_acc"] = last_val["val_nsp_acc"]
@@ -413,6 +432,7 @@ def summarize(run_dir: Path, model_dir: Path, data: Data, train_s: float) -> dic
         f"{f', packing efficiency {eff:.1%}' if eff else ''})\n"
         f"  val MLM loss {summary['val_loss']:.3f} (unigram baseline {summary['unigram_val_loss']:.3f}),"
         f" val MLM accuracy {summary['val_mlm_acc']:.3f}, last train loss {summary['train_loss']:.3f}\n"
-        f"  run:   {run_dir}\n  model: {model_dir}"
+        f"  run:   {run_dir}\n  model: {model_dir}\n"
+        f"  tokenizer: {data.tok.size:,} tokens, sha256 {summary['tokenizer_sha256'][:12]}"
     )
     return summary
