@@ -1,11 +1,16 @@
-"""Activation functions (slot ``activation``), chosen by name in ``mlp.activation``."""
+"""Activation functions (slot ``activation``), chosen in ``mlp.activation``.
+
+An activation is an entry like any other: ``mlp.activation: {kind: relu, power: 2}``; a bare
+name (``mlp.activation: gelu``) still reads as ``{kind: gelu}``.
+"""
 
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from registry.core import register
+from registry.core import Params, register
 
 
 @register("activation", "gelu")
@@ -29,17 +34,26 @@ class Silu(nn.SiLU):
     """SiLU / swish, x·sigmoid(x) (Ramachandran et al. 2017); with GLU gives SwiGLU."""
 
 
-@register("activation", "relu")
-class Relu(nn.ReLU):
-    """ReLU, max(0, x)."""
+class ReluParams(Params):
+    """``power``: raise max(0, x) to this power (2 is Primer's squared ReLU)."""
+
+    power: int = Field(1, ge=1, le=8, description="exponent applied to max(0, x); 2 = squared ReLU")
 
 
-@register("activation", "relu2")
-class Relu2(nn.Module):
-    """Squared ReLU, max(0, x)² (So et al. 2021, Primer)."""
+@register("activation", "relu", params=ReluParams, aliases={"relu2": {"power": 2}})
+class Relu(nn.Module):
+    """ReLU, max(0, x)^power; power 2 is squared ReLU (So et al. 2021, Primer)."""
+
+    def __init__(self, power: int = 1):
+        super().__init__()
+        self.power = power
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(x).square()
+        y = torch.relu(x)
+        return y if self.power == 1 else y.pow(self.power)
+
+    def extra_repr(self) -> str:
+        return f"power={self.power}"
 
 
 @register("activation", "tanh")

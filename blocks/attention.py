@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from blocks.roles import tag, tag_linear
 from registry.core import Params, Requirement, register
 
 _NEEDS_WINDOW = Requirement("kernel", ("window",), "local layers need a kernel that honours a window")
@@ -79,8 +80,10 @@ class SelfAttention(nn.Module):
         self.window = window
         self.dropout = dropout
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=qkv_bias)
-        self.out = nn.Linear(d_model, d_model, bias=out_bias)
-        self.out.init_role = "out"
+        for i, role in enumerate(("query", "key", "value")):
+            tag(self.qkv.weight, "in", role, rows=slice(i * d_model, (i + 1) * d_model))
+        tag(self.qkv.bias, "bias")
+        self.out = tag_linear(nn.Linear(d_model, d_model, bias=out_bias), "out", "attn_out")
         self.positional = positional
 
     def _project(self, x: Tensor, first: int, n: int) -> Tensor:

@@ -6,7 +6,7 @@ Forward, top to bottom::
         | unpad once (stream.unpad)               | (already a stream)
     tokens [T] ---- Embeddings: tok + positional.embed + token types, norm, dropout
     x [T, D]   ---- positional.prepare(stream): rope tables / bias, once for all layers
-               ---- EncoderLayer x N (attention, MLP; pre- or post-norm)
+               ---- EncoderLayer x N (attention, MLP; wired by the placement)
                ---- final norm
     head(x, stream) -> logits ...
         | re-pad per-token outputs when the input was padded
@@ -14,26 +14,34 @@ Forward, top to bottom::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
+from blocks.roles import tag_embedding
 from blocks.stream import Stream, repad, stream_from_cu_seqlens, unpad
 
 
-@dataclass
 class EncoderOutput:
-    """``last_hidden_state`` [B, L, D] (padded input) or [T, D] (packed input); head outputs
-    such as ``logits`` follow the same layout when per token, else are ``[B, ...]``."""
+    """``last_hidden_state`` [B, L, D] (padded input) or [T, D] (packed input), ``stream``, and
+    whatever the head returns (``logits``, BERT's ``nsp_logits``, ...): per-token outputs in
+    the same layout as the hidden states, per-sequence ones ``[B, ...]``. An output the head
+    does not produce reads as ``None``."""
 
-    last_hidden_state: Tensor
-    logits: Tensor | None = None
-    nsp_logits: Tensor | None = None
-    stream: Stream | None = None
+    def __init__(self, last_hidden_state: Tensor, stream: Stream | None = None, **outputs: Tensor):
+        self.last_hidden_state = last_hidden_state
+        self.stream = stream
+        self.outputs = outputs
+
+    def __getattr__(self, key: str):
+        if key.startswith("__") or key == "outputs":
+            raise AttributeError(key)
+        return self.outputs.get(key)
 
     def __getitem__(self, key: str):
         return getattr(self, key)
+
+    def keys(self) -> list[str]:
+        return ["last_hidden_state", *self.outputs]
 
 
 class Embeddings(nn.Module):
@@ -49,12 +57,9 @@ class Embeddings(nn.Module):
         dropout: float = 0.0,
     ):
         super().__init__()
-        self.tok = nn.Embedding(vocab_size, d_model)
-        self.tok.init_role = "embedding"
+        self.tok = tag_embedding(nn.Embedding(vocab_size, d_model))
         self.positional = positional
-        self.types = nn.Embedding(type_vocab_size, d_model) if type_vocab_size > 0 else None
-        if self.types is not None:
-            self.types.init_role = "embedding"
+        self.types = tag_embedding(nn.Embedding(type_vocab_size, d_model)) if type_vocab_size > 0 else None
         self.norm = norm if norm is not None else nn.Identity()
         self.drop = nn.Dropout(dropout)
 
@@ -69,40 +74,49 @@ class Embeddings(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """One transformer layer; ``pre``: x + f(norm(x)); ``post``: norm(x + f(x)) (BERT)."""
+    """One transformer layer: attention, then the MLP, each wired in by the placement.
+
+    The layer holds the norms the placement names (``attn_norm``, ``mlp_norm``, ...) as its
+    own submodules, so their weights sit at ``layers.<i>.<name>`` whatever the placement.
+    """
 
     def __init__(
         self,
         attn: nn.Module,
         mlp: nn.Module,
-        attn_norm: nn.Module | None,
-        mlp_norm: nn.Module,
-        pre_norm: bool,
+        norms: dict[str, nn.Module],
+        placement,
         attn_out_dropout: float = 0.0,
         mlp_dropout: float = 0.0,
     ):
         super().__init__()
-        self.attn_norm = attn_norm if attn_norm is not None else nn.Identity()
-        self.attn = attn
-        self.mlp_norm = mlp_norm
-        self.mlp = mlp
-        self.pre_norm = pre_norm
+        # each site's norms, then its sublayer: parameters keep the order optimiser states
+        # and older checkpoints have (attn_norm, attn, mlp_norm, mlp)
+        for site, sublayer in (("attn", attn), ("mlp", mlp)):
+            for name, norm in norms.items():
+                if name.startswith(site):
+                    self.add_module(name, norm)
+            self.add_module(site, sublayer)
+        for name, norm in norms.items():
+            if not name.startswith(("attn", "mlp")):
+                self.add_module(name, norm)
+        self.placement = placement
         self.attn_drop = nn.Dropout(attn_out_dropout)
         self.mlp_drop = nn.Dropout(mlp_dropout)
 
-    def forward(self, x: Tensor, stream: Stream, pos, query: Tensor | None = None) -> Tensor:
-        """``query`` (optional, [T, D]): a separate query stream that attends to ``x`` and
-        carries the residual; the layer then returns the updated query stream (EMD)."""
-        if self.pre_norm:
-            h = self.attn_norm(x)
-            if query is None:
-                x = x + self.attn_drop(self.attn(h, stream, pos))
-            else:
-                x = query + self.attn_drop(self.attn(h, stream, pos, query=self.attn_norm(query)))
-            return x + self.mlp_drop(self.mlp(self.mlp_norm(x)))
-        residual = x if query is None else query
-        x = self.attn_norm(residual + self.attn_drop(self.attn(x, stream, pos, query=query)))
-        return self.mlp_norm(x + self.mlp_drop(self.mlp(x)))
+    def forward(self, x: Tensor, stream: Stream, pos, context: Tensor | None = None) -> Tensor:
+        """``x [T, D]``: the residual stream. ``context`` (optional, [T, D]): a stream the
+        attention reads keys and values from, while queries and the residual come from ``x``
+        (a head re-running this layer with its own queries)."""
+
+        def attend(h: Tensor, c: Tensor) -> Tensor:
+            return self.attn_drop(self.attn(c, stream, pos, query=None if context is None else h))
+
+        x = self.placement(self, "attn", x, attend, context)
+        return self.placement(self, "mlp", x, lambda h, _: self.mlp_drop(self.mlp(h)), None)
+
+    def extra_repr(self) -> str:
+        return f"placement={self.placement!r}"
 
 
 class Encoder(nn.Module):
@@ -114,15 +128,18 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm if final_norm is not None else nn.Identity()
 
-    def forward(self, tokens: Tensor, stream: Stream, token_types: Tensor | None = None) -> Tensor:
-        """The final hidden states ``[T, D]``. The last layer's input and the positional
-        context are left in ``stream.cache["last_layer_input"]`` for heads that run the last
-        layer again (the enhanced mask decoder)."""
+    def forward(
+        self, tokens: Tensor, stream: Stream, token_types: Tensor | None = None, keep: tuple[int, ...] = ()
+    ) -> Tensor:
+        """The final hidden states ``[T, D]``. For each layer index in ``keep`` (negative
+        counts from the end), that layer's input and the positional context are left in
+        ``stream.cache[("layer_input", i)]`` (i non-negative), for heads that re-run a layer."""
         x = self.embeddings(tokens, stream.position_ids, token_types)
         pos = self.embeddings.positional.prepare(stream)
+        kept = {i % len(self.layers) for i in keep}
         for i, layer in enumerate(self.layers):
-            if i == len(self.layers) - 1:
-                stream.cache["last_layer_input"] = (x, pos)
+            if i in kept:
+                stream.cache[("layer_input", i)] = (x, pos)
             x = layer(x, stream, pos)
         return self.final_norm(x)
 
@@ -162,7 +179,7 @@ class EncoderModel(nn.Module):
             tokens = input_ids.reshape(-1)[indices]
             types = None if token_type_ids is None else token_type_ids.reshape(-1)[indices]
             pred = None if predict is None else predict.reshape(-1)[indices]
-        h = self.encoder(tokens, stream, types)
+        h = self.encoder(tokens, stream, types, keep=getattr(self.head, "layer_inputs", ()))
         out = {} if self.head is None else self.head(h, stream, pred)
         sparse = pred is not None and getattr(self.head, "sparse", False)
         if not packed:

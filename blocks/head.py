@@ -7,26 +7,29 @@ are ``[B, ...]``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from registry.core import Params, register
+from blocks.roles import tag, tag_embedding, tag_linear
+from registry.core import Params, SlotRef, register
 
 
 class MlmParams(Params):
     """``transform``: dense+act+norm before the decoder; ``tied``: decoder shares the token
     embedding; ``sparse``: when a prediction mask is given, only those tokens are decoded."""
 
-    activation: str = "gelu"
+    activation: Annotated[Any, SlotRef("activation")] = Field(
+        "gelu", description="the transform's activation"
+    )
     transform: bool = True
     tied: bool = True
     sparse: bool = True
 
 
-@register("head", "mlm", params=MlmParams)
+@register("head", "mlm", params=MlmParams, provides={"masked_lm"})
 class MlmHead(nn.Module):
     """Masked-LM head: optional transform (dense, act, norm), then the vocabulary decoder.
 
@@ -40,12 +43,12 @@ class MlmHead(nn.Module):
         self,
         d_model: int,
         vocab_size: int,
-        make_act,
+        make_activation,
         make_norm,
         embedding: nn.Embedding,
         dense_bias: bool,
         decoder_bias: bool,
-        activation: str = "gelu",
+        activation: Any = "gelu",
         transform: bool = True,
         tied: bool = True,
         sparse: bool = True,
@@ -53,16 +56,14 @@ class MlmHead(nn.Module):
         super().__init__()
         self.sparse = sparse
         if transform:
-            self.dense = nn.Linear(d_model, d_model, bias=dense_bias)
-            self.dense.init_role = "head"
-            self.act = make_act(activation)
+            self.dense = tag_linear(nn.Linear(d_model, d_model, bias=dense_bias), "head")
+            self.act = make_activation(activation)
             self.norm = make_norm()
         self.transform = transform
-        self.decoder = nn.Linear(d_model, vocab_size, bias=False)
-        self.decoder.init_role = "decoder"
+        self.decoder = tag_linear(nn.Linear(d_model, vocab_size, bias=False), "decoder")
         if tied:
             self.decoder.weight = embedding.weight
-        self.bias = nn.Parameter(torch.zeros(vocab_size)) if decoder_bias else None
+        self.bias = tag(nn.Parameter(torch.zeros(vocab_size)), "bias") if decoder_bias else None
 
     def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
         if predict is not None and self.sparse:
@@ -90,7 +91,7 @@ class NspParams(MlmParams):
     """MLM head params, plus BERT's pooler (dense + tanh on [CLS]) feeding a 2-way classifier."""
 
 
-@register("head", "nsp", params=NspParams)
+@register("head", "nsp", params=NspParams, provides={"masked_lm", "next_sentence"})
 class NspHead(MlmHead):
     """BERT pre-training heads: masked LM plus next-sentence prediction on the pooled [CLS]."""
 
@@ -98,18 +99,18 @@ class NspHead(MlmHead):
         self,
         d_model: int,
         vocab_size: int,
-        make_act,
+        make_activation,
         make_norm,
         embedding: nn.Embedding,
         dense_bias: bool,
         decoder_bias: bool,
         **mlm,
     ):
-        super().__init__(d_model, vocab_size, make_act, make_norm, embedding, dense_bias, decoder_bias, **mlm)
-        self.pooler = nn.Linear(d_model, d_model)
-        self.pooler.init_role = "head"
-        self.nsp = nn.Linear(d_model, 2)
-        self.nsp.init_role = "classifier"
+        super().__init__(
+            d_model, vocab_size, make_activation, make_norm, embedding, dense_bias, decoder_bias, **mlm
+        )
+        self.pooler = tag_linear(nn.Linear(d_model, d_model), "head")
+        self.nsp = tag_linear(nn.Linear(d_model, 2), "classifier")
 
     def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
         out = super().forward(h, stream, predict)
@@ -125,7 +126,7 @@ class EmdParams(MlmParams):
     steps: int = Field(2, ge=1)
 
 
-@register("head", "emd", params=EmdParams)
+@register("head", "emd", params=EmdParams, provides={"masked_lm"})
 class EmdHead(MlmHead):
     """Enhanced mask decoder: absolute positions added just before MLM decoding (DeBERTa).
 
@@ -143,7 +144,7 @@ class EmdHead(MlmHead):
     The last layer is the encoder's own (held, not owned: its weights are stored once, under
     ``encoder.layers``); this head adds only P and the MLM head's weights (in DeBERTa's code P
     is the embedding module's unused absolute table; here the head owns it). It reads H and
-    the positional context that the encoder leaves in ``stream.cache["last_layer_input"]``;
+    the positional context that the encoder keeps for it (``layer_inputs``);
     the encoder's output ``h`` is not used, and ``last_hidden_state`` stays the plain encoder
     output. Every token's query stream is decoded; sparse prediction selects rows after it.
 
@@ -152,12 +153,14 @@ class EmdHead(MlmHead):
     written with ``transformers``' DeBERTa layer, which takes separate ``query_states``.
     """
 
+    layer_inputs = (-1,)  # the encoder keeps its last layer's input for this head
+
     def __init__(
         self,
         d_model: int,
         vocab_size: int,
         max_seq_len: int,
-        make_act,
+        make_activation,
         make_norm,
         embedding: nn.Embedding,
         encoder: nn.Module,
@@ -166,19 +169,21 @@ class EmdHead(MlmHead):
         steps: int = 2,
         **mlm,
     ):
-        super().__init__(d_model, vocab_size, make_act, make_norm, embedding, dense_bias, decoder_bias, **mlm)
+        super().__init__(
+            d_model, vocab_size, make_activation, make_norm, embedding, dense_bias, decoder_bias, **mlm
+        )
         self.steps = steps
-        self.positions = nn.Embedding(max_seq_len, d_model)
-        self.positions.init_role = "embedding"
+        self.positions = tag_embedding(nn.Embedding(max_seq_len, d_model))
         # a plain tuple, so the encoder's modules are not registered (and saved) twice
         self._shared = (encoder.layers[-1], encoder.final_norm)
+        self._last = len(encoder.layers) - 1
 
     def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
         last_layer, final_norm = self._shared
-        kv, pos = stream.cache["last_layer_input"]
+        kv, pos = stream.cache[("layer_input", self._last)]
         q = kv + self.positions(stream.position_ids).to(kv.dtype)
         for _ in range(self.steps):
-            q = last_layer(kv, stream, pos, query=q)
+            q = last_layer(q, stream, pos, context=kv)
         return super().forward(final_norm(q), stream, predict)
 
 
@@ -187,12 +192,14 @@ class ClassificationParams(Params):
 
     num_labels: int = Field(2, ge=1)
     pooling: Literal["cls", "mean"] = "cls"
-    activation: str = "gelu"
+    activation: Annotated[Any, SlotRef("activation")] = Field(
+        "gelu", description="the transform's activation"
+    )
     norm: bool = True
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
-@register("head", "classification", params=ClassificationParams)
+@register("head", "classification", params=ClassificationParams, provides={"sequence_labels"})
 class ClassificationHead(nn.Module):
     """Sequence classification or regression (num_labels 1) over a pooled sequence vector."""
 
@@ -201,24 +208,22 @@ class ClassificationHead(nn.Module):
     def __init__(
         self,
         d_model: int,
-        make_act,
+        make_activation,
         make_norm,
         dense_bias: bool,
         num_labels: int = 2,
         pooling: str = "cls",
-        activation: str = "gelu",
+        activation: Any = "gelu",
         norm: bool = True,
         dropout: float = 0.0,
     ):
         super().__init__()
         self.pool = first_tokens if pooling == "cls" else mean_tokens
-        self.dense = nn.Linear(d_model, d_model, bias=dense_bias)
-        self.dense.init_role = "head"
-        self.act = make_act(activation)
+        self.dense = tag_linear(nn.Linear(d_model, d_model, bias=dense_bias), "head")
+        self.act = make_activation(activation)
         self.norm = make_norm() if norm else nn.Identity()
         self.drop = nn.Dropout(dropout)
-        self.classifier = nn.Linear(d_model, num_labels)
-        self.classifier.init_role = "classifier"
+        self.classifier = tag_linear(nn.Linear(d_model, num_labels), "classifier")
 
     def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
         pooled = self.norm(self.act(self.dense(self.pool(h, stream))))
@@ -232,7 +237,7 @@ class TokenClassificationParams(Params):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
-@register("head", "token_classification", params=TokenClassificationParams)
+@register("head", "token_classification", params=TokenClassificationParams, provides={"token_labels"})
 class TokenClassificationHead(nn.Module):
     """Token classification (tagging, NER): a linear classifier on every token's final state.
 
@@ -246,8 +251,7 @@ class TokenClassificationHead(nn.Module):
     def __init__(self, d_model: int, num_labels: int = 2, dropout: float = 0.0):
         super().__init__()
         self.drop = nn.Dropout(dropout)
-        self.classifier = nn.Linear(d_model, num_labels)
-        self.classifier.init_role = "classifier"
+        self.classifier = tag_linear(nn.Linear(d_model, num_labels), "classifier")
 
     def forward(self, h: Tensor, stream, predict: Tensor | None = None) -> dict[str, Tensor]:
         return {"logits": self.classifier(self.drop(h))}

@@ -1,48 +1,52 @@
 """Weight initialisation schemes (slot ``init``).
 
-Blocks tag their weights with ``init_role``: ``embedding``, ``out`` (attention and MLP output
-projections), ``head`` (head transforms), ``decoder``, ``classifier``; untagged linears are
-``in``. Norms get weight 1, bias 0; linear biases 0. A decoder tied to the embedding is left
-to the embedding.
+A scheme draws only the tensors blocks have tagged with init roles (``blocks/roles.py``):
+weights from a normal distribution whose standard deviation depends on their roles, biases
+(role ``bias``) zero. Every other parameter keeps what its block set (a norm's gain of 1,
+ScaleNorm's √d, ...). A scheme is called as ``scheme(model, n_layers=..., d_model=...,
+**params)`` after the whole model is built, and may read the chosen placement's ``init_gain``
+(DeepNorm's β) from the model.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from pydantic import Field
 from torch import nn
 
-from blocks.norm import LayerNorm, RMSNorm
+from blocks.roles import tagged
 from registry.core import Params, register
 
 
 class InitParams(Params):
     """Standard deviation of the normal initialisation."""
 
-    std: float = Field(0.02, gt=0)
+    std: float = Field(0.02, gt=0, description="standard deviation of the normal draws")
 
 
 class TruncatedInitParams(InitParams):
     """``cutoff``: truncate at ±cutoff·σ."""
 
-    cutoff: float = Field(2.0, gt=0)
+    cutoff: float = Field(2.0, gt=0, description="truncate draws at ±cutoff·std")
 
 
-def _apply(model: nn.Module, std_for, fill) -> None:
-    """Initialise every parameter: ``fill(tensor, std)`` with ``std_for(role)`` for weights."""
-    done: set[int] = set()
+def apply_roles(
+    model: nn.Module, std_for: Callable[[frozenset[str]], float], fill: Callable[[torch.Tensor, float], None]
+) -> None:
+    """Draw every tagged weight with ``fill(tensor, std_for(roles) · gain)`` and zero every
+    tagged bias. ``gain(roles)`` comes from the model's placement, if it has one (DeepNorm's β
+    on value, attention-out and MLP weights), else 1."""
+    gain = getattr(model, "init_gain", None) or (lambda roles: 1.0)
     with torch.no_grad():
-        for module in model.modules():
-            weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
-            if isinstance(module, (LayerNorm, RMSNorm)):
-                module.weight.fill_(1.0)
-            elif isinstance(weight, nn.Parameter) and id(weight) not in done:
-                fill(weight, std_for(getattr(module, "init_role", "in")))
-                done.add(id(weight))
-            if isinstance(bias, nn.Parameter):
-                bias.zero_()
+        for _, param, rows, roles in tagged(model):
+            t = param if rows is None else param[rows]
+            if "bias" in roles:
+                t.zero_()
+            else:
+                fill(t, std_for(roles) * gain(roles))
 
 
 def _normal(t: torch.Tensor, std: float) -> None:
@@ -52,14 +56,14 @@ def _normal(t: torch.Tensor, std: float) -> None:
 @register("init", "bert_normal", params=InitParams)
 def bert_normal(model: nn.Module, n_layers: int, d_model: int, std: float = 0.02) -> None:
     """Every weight from N(0, std²) (BERT, RoBERTa)."""
-    _apply(model, lambda role: std, _normal)
+    apply_roles(model, lambda roles: std, _normal)
 
 
 @register("init", "megatron", params=InitParams)
 def megatron(model: nn.Module, n_layers: int, d_model: int, std: float = 0.02) -> None:
     """N(0, std²), output projections std/√(2L) (Shoeybi et al. 2019, Megatron-LM)."""
     out = std / math.sqrt(2.0 * n_layers)
-    _apply(model, lambda role: out if role == "out" else std, _normal)
+    apply_roles(model, lambda roles: out if "out" in roles else std, _normal)
 
 
 @register("init", "full_megatron", params=TruncatedInitParams)
@@ -68,9 +72,13 @@ def full_megatron(
 ) -> None:
     """ModernBERT's truncated normal: in std, out and head std/√(2L), classifier D^-½."""
     out = std / math.sqrt(2.0 * n_layers)
-    stds = {"out": out, "head": out, "decoder": out, "classifier": d_model**-0.5}
+
+    def std_for(roles: frozenset[str]) -> float:
+        if "classifier" in roles:
+            return d_model**-0.5
+        return out if roles & {"out", "head", "decoder"} else std
 
     def fill(t: torch.Tensor, s: float) -> None:
         nn.init.trunc_normal_(t, mean=0.0, std=s, a=-cutoff * s, b=cutoff * s)
 
-    _apply(model, lambda role: stds.get(role, std), fill)
+    apply_roles(model, std_for, fill)

@@ -1,29 +1,40 @@
-"""Feed-forward blocks (slot ``mlp``). ``d_ff`` is the width the activation sees."""
+"""Feed-forward blocks (slot ``mlp``). ``d_ff`` is the width the activation sees.
+
+The activation is an entry of its own slot, held in ``mlp.activation`` (``{kind, ...}``); the
+builder passes ``make_activation``, which builds it from those params.
+"""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 import torch
+from pydantic import Field
 from torch import nn
 
-from registry.core import Params, register
+from blocks.roles import tag_linear
+from registry.core import Params, SlotRef, register
 
 
 class MlpParams(Params):
-    """Activation by registry name (``bertsmith blocks`` lists them)."""
+    """The activation, an ``activation`` entry (``bertsmith blocks`` lists them)."""
 
-    activation: str = "gelu"
+    activation: Annotated[Any, SlotRef("activation")] = Field(
+        "gelu", description="the activation entry ({kind, ...}; a bare name is accepted)"
+    )
 
 
 @register("mlp", "mlp", params=MlpParams)
 class Mlp(nn.Module):
     """Two-layer feed-forward, W2·act(W1·x) (Vaswani et al. 2017; BERT)."""
 
-    def __init__(self, d_model: int, d_ff: int, act: nn.Module, bias_in: bool, bias_out: bool):
+    def __init__(
+        self, d_model: int, d_ff: int, make_activation, bias_in: bool, bias_out: bool, activation=None
+    ):
         super().__init__()
-        self.wi = nn.Linear(d_model, d_ff, bias=bias_in)
-        self.act = act
-        self.wo = nn.Linear(d_ff, d_model, bias=bias_out)
-        self.wo.init_role = "out"
+        self.wi = tag_linear(nn.Linear(d_model, d_ff, bias=bias_in), "in", "mlp_in")
+        self.act = make_activation(activation)
+        self.wo = tag_linear(nn.Linear(d_ff, d_model, bias=bias_out), "out", "mlp_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.wo(self.act(self.wi(x)))
@@ -38,12 +49,13 @@ class Glu(nn.Module):
         wi.weight [2·d_ff, d_model]:  rows [0, d_ff) -> a (activated),  rows [d_ff, 2·d_ff) -> g
     """
 
-    def __init__(self, d_model: int, d_ff: int, act: nn.Module, bias_in: bool, bias_out: bool):
+    def __init__(
+        self, d_model: int, d_ff: int, make_activation, bias_in: bool, bias_out: bool, activation=None
+    ):
         super().__init__()
-        self.wi = nn.Linear(d_model, 2 * d_ff, bias=bias_in)
-        self.act = act
-        self.wo = nn.Linear(d_ff, d_model, bias=bias_out)
-        self.wo.init_role = "out"
+        self.wi = tag_linear(nn.Linear(d_model, 2 * d_ff, bias=bias_in), "in", "mlp_in")
+        self.act = make_activation(activation)
+        self.wo = tag_linear(nn.Linear(d_ff, d_model, bias=bias_out), "out", "mlp_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, g = self.wi(x).chunk(2, dim=-1)

@@ -1,14 +1,16 @@
-"""Normalisation layers (slot ``norm``) and the placement options shared by both kinds.
+"""Normalisation layers (slot ``norm``) and where the encoder puts them.
 
-``placement`` ``post`` is BERT's ``x = norm(x + f(x))``; ``pre`` is ``x = x + f(norm(x))``
-(Xiong et al. 2020). ``embedding`` normalises the embedding sum, ``final`` adds a norm after
-the last layer, ``skip_first`` drops layer 0's attention norm (ModernBERT: the embedding norm
-already did it).
+Every norm entry's params carry, besides its own settings, the encoder-level layout that
+``registry.build`` reads: ``embedding`` normalises the embedding sum, ``final`` adds a norm
+after the last layer, ``skip_first`` drops layer 0's first norm (ModernBERT: the embedding
+norm already did it; only placements that provide ``skip_first`` allow it). Where the norms
+sit inside a layer is the ``placement`` slot's business (``blocks/placement.py``).
+
+A norm module is built as ``Norm(dim, eps=..., bias=..., **its own params)`` (``bias`` only
+if its signature takes it) and initialises itself; init schemes do not touch norms.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,13 +21,16 @@ from registry.core import Params, register
 
 
 class NormParams(Params):
-    """Norm kind's epsilon and where norms sit in the encoder."""
+    """Epsilon, and where norms sit in the encoder outside the layers."""
 
-    eps: float = Field(1e-5, gt=0)
-    placement: Literal["pre", "post"] = "pre"
-    embedding: bool = True
-    final: bool = True
-    skip_first: bool = False
+    eps: float = Field(1e-5, gt=0, description="added to the variance (or mean square) for stability")
+    embedding: bool = Field(True, description="normalise the embedding sum")
+    final: bool = Field(True, description="a norm after the last layer")
+    skip_first: bool = Field(False, description="no norm before layer 0's attention (ModernBERT)")
+
+
+# the keys above that place norms in the encoder; the rest of a norm's params go to its module
+LAYOUT_KEYS = ("embedding", "final", "skip_first")
 
 
 @register("norm", "layernorm", params=NormParams)
@@ -49,6 +54,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.weight.dtype)  # under autocast, normalise a bf16 input in fp32

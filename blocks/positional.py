@@ -24,7 +24,9 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
+from blocks.roles import tag, tag_embedding, tag_linear
 from registry.core import Params, Requirement, register
+from registry.errors import problem
 
 
 class PositionContext:
@@ -84,8 +86,7 @@ class Learned(PositionalScheme):
         self.max_seq_len = max_seq_len
         # the init scheme refills it; drawn here too, so a model built without one (weights
         # loaded next, or a test) never holds uninitialised memory, which can be nan
-        self.weight = nn.Parameter(torch.randn(max_seq_len + offset, d_model) * 0.02)
-        self.init_role = "embedding"
+        self.weight = tag(nn.Parameter(torch.randn(max_seq_len + offset, d_model) * 0.02), "embedding")
 
     def embed(self, position_ids: Tensor) -> Tensor:
         return self.weight[position_ids + self.offset]
@@ -150,7 +151,15 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor, dim: int) -> Tensor:
     return torch.cat((rot * cos + _rotate_half(rot) * sin, keep), dim=-1)
 
 
-@register("positional", "rope", params=RopeParams, provides={"rotary"})
+def _rope_check(spec) -> list[str]:
+    """``dim`` at most the head dimension."""
+    dim, head_dim = spec.positional.dim, spec.d_model // spec.n_heads
+    if dim is not None and spec.d_model % spec.n_heads == 0 and dim > head_dim:
+        return [problem("model.positional.dim", dim, f"at most the head dimension {head_dim}")]
+    return []
+
+
+@register("positional", "rope", params=RopeParams, provides={"rotary"}, check=_rope_check)
 class Rope(PositionalScheme):
     """Rotary position embedding on q and k, half-split layout (Su et al. 2021; GPT-NeoX).
 
@@ -249,7 +258,7 @@ class DisentangledParams(Params):
     layer's own query/key projections, else with separate per-layer ones; ``dropout`` on the
     relative embeddings, per layer."""
 
-    pos_att_type: tuple[Literal["c2p", "p2c"], ...] = ("p2c", "c2p")
+    pos_att_type: tuple[Literal["c2p", "p2c"], ...] = Field(("p2c", "c2p"), strict=False)
     position_buckets: int = Field(256, ge=0)
     max_relative_positions: int | None = Field(None, gt=1)
     norm_rel_ebd: bool = True
@@ -288,8 +297,8 @@ class PositionProjections(nn.Module):
     def __init__(self, d_model: int, n_heads: int, key: bool, query: bool, bias: bool):
         super().__init__()
         self.n_heads = n_heads
-        self.key = nn.Linear(d_model, d_model, bias=bias) if key else None
-        self.query = nn.Linear(d_model, d_model, bias=bias) if query else None
+        self.key = tag_linear(nn.Linear(d_model, d_model, bias=bias), "in") if key else None
+        self.query = tag_linear(nn.Linear(d_model, d_model, bias=bias), "in") if query else None
 
     def forward(self, rel: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """``rel [N, D]`` -> (queries, keys), each ``[N, H, d]`` or None."""
@@ -351,11 +360,31 @@ class DisentangledContext(PositionContext):
         return (head_dim * (1 + len(self.scheme.terms))) ** -0.5
 
 
+def _disentangled_check(spec) -> list[str]:
+    """Log buckets need at least 2 buckets, and distances reaching past the middle bucket."""
+    buckets = spec.positional.position_buckets
+    if buckets == 1:
+        return [problem("model.positional.position_buckets", 1, "0 (no buckets) or at least 2")]
+    if buckets > 1:
+        # log buckets run from mid = buckets // 2 out to the farthest distance, which must lie past mid
+        given = spec.positional.max_relative_positions
+        key, reach = (
+            ("model.positional.max_relative_positions", given)
+            if given is not None
+            else ("model.max_seq_len", spec.max_seq_len)
+        )
+        if reach - 1 <= buckets // 2:
+            need = f"at least position_buckets // 2 + 2 = {buckets // 2 + 2} for log buckets"
+            return [problem(key, reach, need)]
+    return []
+
+
 @register(
     "positional",
     "disentangled",
     params=DisentangledParams,
     provides={"bias"},
+    check=_disentangled_check,
     requires=[Requirement("kernel", ("bias",), "disentangled attention adds a dense c2p/p2c score bias")],
 )
 class Disentangled(PositionalScheme):
@@ -397,8 +426,7 @@ class Disentangled(PositionalScheme):
         self.span = position_buckets if position_buckets > 0 else self.max_position
         self.share_att_key = share_att_key
         self.dropout = dropout
-        self.rel_embeddings = nn.Embedding(2 * self.span, d_model)
-        self.rel_embeddings.init_role = "embedding"
+        self.rel_embeddings = tag_embedding(nn.Embedding(2 * self.span, d_model))
         self.norm = make_norm() if norm_rel_ebd else None
 
     def layer_module(self) -> PositionProjections | None:

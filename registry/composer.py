@@ -6,6 +6,17 @@ sets a value. Setting a value is allowed for any key the spec knows, even one th
 does not state (defaults live in the params models), so ``model.x=`` overrides are passed to
 Hydra as ``++model.x=``; the spec then rejects unknown keys with the nearest match.
 
+Every registered entry is a Hydra option ``model/<slot>=<name>`` without a YAML file: the
+options are generated from the registry into Hydra's ConfigStore (``register_configs``),
+each the node ``{kind: <name>}`` at the slot's key (``model.mlp.activation`` for the
+activation). A YAML file under ``recipes/model/<slot>/`` exists only for a preset with values.
+
+A slot swapped on the command line always wins over the recipe body: the swap is applied
+after composition (``apply_swaps``), whatever form the recipe has — a family recipe, a recipe
+that extends one and states the slot in its body after ``_self_``, or a standalone recipe
+without a defaults list (the form ``inspect`` and ``export --to recipe`` print). Where a swap
+cannot apply, one line says why.
+
 When a recipe or an override swaps a slot's block, the inherited settings that belong to
 another block of that slot are dropped (``modernbert-base model/positional=alibi`` drops the
 RoPE thetas, as does a recipe that extends modernbert-base with ``override positional:
@@ -24,19 +35,85 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from registry.core import REGISTRY
+from registry.core import REGISTRY, SLOT_KEYS, SLOTS
 from registry.errors import SpecError, choice, nearest, shown, unusual_characters
-from registry.spec import SLOT_FIELDS, parse_spec
+from registry.spec import parse_spec
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
-_GROUP = re.compile(r"^model/(?P<slot>[a-z_]+)=(?P<name>.*)$")
+# `model/<slot>=<name>`; `+model/...` and `++model/...` (Hydra's own hint) read the same
+_GROUP = re.compile(r"^\+{0,2}model/(?P<slot>[^=@]*)=(?P<name>.*)$", re.S)
 _VALUE = re.compile(r"^(?P<pfx>\+{0,2})model\.(?P<path>[^=]+)=(?P<value>.*)$", re.S)
 
 
 def model_names() -> list[str]:
     """Every model recipe under ``recipes/model/``."""
     return sorted(p.stem for p in (RECIPES / "model").glob("*.yaml"))
+
+
+# --- slot options: registry entries, their old names, and preset files -------------------------
+
+
+def presets(slot: str) -> list[str]:
+    """Preset files of ``slot`` (``recipes/model/<slot>/<name>.yaml``: an entry with values)."""
+    return sorted(p.stem for p in (RECIPES / "model" / slot).glob("*.yaml"))
+
+
+def slot_options(slot: str) -> list[str]:
+    """What ``model/<slot>=`` and a recipe's ``<slot>: <name>`` default may name: every
+    entry, every old name of one (``relu2``), every preset file."""
+    return list(dict.fromkeys([*REGISTRY.names(slot), *REGISTRY.alias_names(slot), *presets(slot)]))
+
+
+_stored: tuple = ()
+
+
+def register_configs() -> None:
+    """Make every registered entry (and old name) the Hydra option ``model/<slot>=<name>``:
+    the node ``{kind: <name>}`` (an old name: the entry and the params it stands for) at
+    ``model.<slot key>``, in Hydra's ConfigStore. A preset file of the same name wins (it is
+    not stored). Cheap when nothing was registered since the last call."""
+    from hydra.core.config_store import ConfigStore
+
+    signature = tuple((e.slot, e.name, tuple(e.aliases)) for e in REGISTRY)
+    global _stored
+    if signature == _stored and _in_store():
+        return
+    cs = ConfigStore.instance()
+    for slot in SLOTS:
+        files = set(presets(slot))
+        for name in [*REGISTRY.names(slot), *REGISTRY.alias_names(slot)]:
+            if name in files:
+                continue
+            entry, implied = REGISTRY.resolve(slot, name)
+            cs.store(
+                group=f"model/{slot}",
+                name=name,
+                node={"kind": entry, **implied},
+                package=f"model.{SLOT_KEYS[slot]}",
+                provider="bertsmith",
+            )
+    _stored = signature
+
+
+def _in_store() -> bool:
+    """Whether the ConfigStore still holds our options (a test may have cleared it)."""
+    from hydra.core.config_store import ConfigStore
+
+    groups = ConfigStore.instance().repo.get("model", {})
+    return all(
+        f"{names[0]}.yaml" in groups.get(slot, {}) or names[0] in presets(slot)
+        for slot in SLOTS
+        if (names := REGISTRY.names(slot))
+    )
+
+
+def prepare() -> None:
+    """Before any recipe is composed: load plugins, then generate the slot options."""
+    from registry.plugins import load_plugins
+
+    load_plugins()
+    register_configs()
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -58,6 +135,29 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 _PACKAGE = re.compile(r"^\s*#\s*@package\b\s*(?P<package>\S*)")
 
 
+def _read_yaml(path: Path, what: str) -> tuple[dict, str]:
+    """(mapping, text) of a YAML file; one line for a missing, empty or broken file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError:
+        raise SpecError(f"{what}: given {str(path)!r}, allowed: a UTF-8 YAML file") from None
+    except OSError as e:
+        raise SpecError(f"{what}: given {str(path)!r}, allowed: a readable file ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        why = getattr(e, "problem", None) or "parse error"
+        raise SpecError(f"{what}: given {str(path)!r}, allowed: valid YAML ({why}{where})") from None
+    except RecursionError:  # deeply nested flow collections
+        raise SpecError(f"{what}: given {str(path)!r}, allowed: YAML nested less deeply") from None
+    if data is None:
+        raise SpecError(f"{what}: given {str(path)!r}, allowed: a non-empty recipe (the file is empty)")
+    if not isinstance(data, dict):
+        raise SpecError(f"{what}: given {str(path)!r}, allowed: a YAML mapping, not a {type(data).__name__}")
+    return data, text
+
+
 def read_recipe_file(path: Path) -> dict:
     """Load a recipe file's YAML safely; one clear line for a missing, empty or broken file.
 
@@ -69,24 +169,7 @@ def read_recipe_file(path: Path) -> dict:
             f"model: given {str(path)!r}, allowed: an existing recipe file or one of "
             f"{', '.join(model_names())}"
         )
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except UnicodeDecodeError:
-        raise SpecError(f"model: given {str(path)!r}, allowed: a UTF-8 YAML file") from None
-    except OSError as e:
-        raise SpecError(f"model: given {str(path)!r}, allowed: a readable file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        what = getattr(e, "problem", None) or "parse error"
-        raise SpecError(f"model: given {str(path)!r}, allowed: valid YAML ({what}{where})") from None
-    except RecursionError:  # deeply nested flow collections
-        raise SpecError(f"model: given {str(path)!r}, allowed: YAML nested less deeply") from None
-    if data is None:
-        raise SpecError(f"model: given {str(path)!r}, allowed: a non-empty recipe (the file is empty)")
-    if not isinstance(data, dict):
-        raise SpecError(f"model: given {str(path)!r}, allowed: a YAML mapping, not a {type(data).__name__}")
+    data, text = _read_yaml(path, "model")
     for line in text.splitlines():
         if not line.strip().startswith("#") and line.strip():
             break  # Hydra reads directives from the leading comments only
@@ -101,9 +184,11 @@ def read_recipe_file(path: Path) -> dict:
 
 def _check_defaults(path: Path, defaults) -> None:
     """A recipe file's defaults may name base recipes (``recipes/model/``) and one block per
-    slot group (``positional: rope``, ``override positional: alibi``), nothing else: no
+    slot (``positional: rope``, ``override positional: alibi``), nothing else: no
     ``@package`` retargeting, no absolute paths into other groups, no reference to itself.
-    Names are checked here so that a typo is the same one line in every command."""
+    A block is a registered entry, an old name of one or a preset file (the same options
+    ``model/<slot>=`` takes). Names are checked here so that a typo is the same one line in
+    every command."""
     if defaults is None:
         return
     where = f"model: given {str(path)!r}"
@@ -112,13 +197,15 @@ def _check_defaults(path: Path, defaults) -> None:
             f"{where} whose defaults is a {type(defaults).__name__}, allowed: a list "
             "(e.g. [modernbert-base, {override positional: alibi}, _self_])"
         )
-    groups = sorted(p.name for p in (RECIPES / "model").iterdir() if p.is_dir())
     for entry in defaults:
         if isinstance(entry, str):
             if entry != "_self_" and entry not in model_names():
+                hint = ""
+                if "=" in entry or ":" in entry:
+                    hint = " (a slot's block is written 'slot: name', a mapping)"
                 raise SpecError(
                     f"{where} whose defaults name {shown(entry)}, allowed: _self_ or a recipe "
-                    f"({', '.join(model_names())}){nearest(entry, model_names())}"
+                    f"({', '.join(model_names())}){nearest(entry, model_names())}{hint}"
                 )
             continue
         if not isinstance(entry, dict) or len(entry) != 1:
@@ -127,17 +214,64 @@ def _check_defaults(path: Path, defaults) -> None:
             )
         ((key, value),) = entry.items()
         group = str(key).removeprefix("override ").removeprefix("optional ").strip()
-        if group not in groups:
+        if group not in SLOTS:
             raise SpecError(
                 f"{where} whose defaults name the group {shown(str(key))}, allowed: "
-                f"{', '.join(groups)}, each optionally after 'override '{nearest(group, groups)}"
+                f"{', '.join(SLOTS)}, each optionally after 'override '{nearest(group, SLOTS)}"
             )
-        options = sorted(p.stem for p in (RECIPES / "model" / group).glob("*.yaml"))
+        options = slot_options(group)
         if value is not None and value not in options:
             raise SpecError(
                 f"{where} whose defaults name {group} {shown(value)}, allowed: "
                 f"{', '.join(options)}{nearest(value, options)}"
             )
+
+
+def _groups_in_tree(data: dict, seen: frozenset[str] = frozenset()) -> set[str]:
+    """Slots a recipe's defaults tree selects (its own defaults and its base recipes')."""
+    found: set[str] = set()
+    for entry in data.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_" and entry not in seen:
+            base = RECIPES / "model" / f"{entry}.yaml"
+            if base.is_file():
+                found |= _groups_in_tree(_read_yaml(base, "model")[0], seen | {entry})
+        elif isinstance(entry, dict) and len(entry) == 1:
+            (key,) = entry
+            found.add(str(key).removeprefix("override ").removeprefix("optional ").strip())
+    return found
+
+
+def missing_slots(recipe: str | dict) -> list[str]:
+    """Slots that ``recipe`` (a name under ``recipes/model/`` or a recipe mapping) selects
+    nowhere in its defaults tree: ``model/<slot>=`` has nothing there for Hydra to replace."""
+    data = (
+        recipe if isinstance(recipe, dict) else _read_yaml(RECIPES / "model" / f"{recipe}.yaml", "model")[0]
+    )
+    found = _groups_in_tree(data)
+    return [s for s in SLOTS if s not in found and REGISTRY.names(s)]
+
+
+def swappable_copy(path: Path, tmp: Path, name: str) -> str:
+    """Copy the recipe at ``path`` to ``tmp/model/<name>.yaml`` for Hydra, its defaults list
+    naming every slot (``<slot>: null`` where its tree selects none), so that Hydra accepts
+    ``model/<slot>=...`` (a sweep included) for a recipe of any form; the swap itself is
+    applied after composition (``apply_swaps``). Returns the option name."""
+    data = read_recipe_file(path)
+    missing = missing_slots(data)
+    (tmp / "model").mkdir(parents=True, exist_ok=True)
+    out = tmp / "model" / f"{name}.yaml"
+    if not missing:
+        shutil.copyfile(path, out)
+        return name
+    own = data.get("defaults")
+    # without a defaults list the body is all there is: it comes last, as Hydra would put it
+    data["defaults"] = [{s: None} for s in missing] + (own if own is not None else ["_self_"])
+    out.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return name
+
+
+def file_option_name(path: Path) -> str:
+    return f"_file_{re.sub(r'[^A-Za-z0-9_-]', '_', path.stem)}"
 
 
 @contextmanager
@@ -149,7 +283,7 @@ def _search_dir_for(recipe: str):
         tmp = Path(tempfile.mkdtemp(prefix="bertsmith-recipe-"))
         try:
             (tmp / "model").mkdir()
-            name = f"_file_{re.sub(r'[^A-Za-z0-9_-]', '_', path.stem)}"
+            name = file_option_name(path)
             shutil.copyfile(path, tmp / "model" / f"{name}.yaml")
             yield name, tmp
         finally:
@@ -160,21 +294,47 @@ def _search_dir_for(recipe: str):
         yield recipe, None
 
 
+# --- overrides ---------------------------------------------------------------------------------
+
+
+def parse_swap(ov: str) -> tuple[str, list[str]] | None:
+    """(slot, names) of a ``model/<slot>=a[,b]`` override, checked against the options; None
+    for any other override."""
+    m = _GROUP.match(ov)
+    if not m:
+        return None
+    slot, value = m["slot"], m["name"]
+    if slot not in SLOTS:
+        raise SpecError(choice("model/<slot>", slot, SLOTS))
+    names = [n.strip() for n in value.split(",")]  # a multirun sweep lists several
+    for one in names:
+        if one not in slot_options(slot):
+            raise SpecError(choice(f"model/{slot}", one, slot_options(slot)))
+    return slot, names
+
+
 def hydra_overrides(overrides: list[str], others: bool = False) -> tuple[list[str], set[str]]:
     """Rewrite user overrides for Hydra: (overrides, keys set explicitly).
 
-    ``others``: pass overrides that are not about the model through unchanged (``train``);
-    otherwise they are an error (``inspect``, ``validate``)."""
+    ``model/<slot>=`` (also written ``+model/<slot>=``) is passed on as ``model/<slot>=``;
+    ``model.<key>=`` as ``++model.<key>=``. ``others``: pass overrides that are not about the
+    model through unchanged (``train``); otherwise they are an error (``inspect``, ``validate``)."""
     out, explicit = [], set()
     for ov in overrides:
-        if m := _GROUP.match(ov):  # block names are checked against the registry below
-            slot, name = m["slot"], m["name"]
-            if slot not in (*SLOT_FIELDS, "activation"):
-                raise SpecError(choice("model/<slot>", slot, [*SLOT_FIELDS, "activation"]))
-            for one in name.split(","):  # a multirun sweep lists several
-                if one not in REGISTRY.entries[slot]:
-                    raise SpecError(choice(f"model/{slot}", one, REGISTRY.names(slot)))
-            out.append(ov)
+        if ov.startswith("~model/"):
+            slot = ov[len("~model/") :].split("=", 1)[0]
+            raise SpecError(
+                f"model/{slot}: given {shown(ov)}, allowed: model/{slot}=<name> (a slot's block is "
+                "swapped, not deleted)"
+            )
+        if re.match(r"^\+{0,2}model/[^=]*@", ov):
+            raise SpecError(
+                f"override: given {shown(ov)}, allowed: model/<slot>=<name> (a block sits at its "
+                "slot's key; @package is not taken)"
+            )
+        if swap := parse_swap(ov):
+            slot, names = swap
+            out.append(f"model/{slot}={','.join(names)}")
         elif m := _VALUE.match(ov):
             _check_syntax(ov)
             explicit.add(m["path"].strip())
@@ -185,6 +345,39 @@ def hydra_overrides(overrides: list[str], others: bool = False) -> tuple[list[st
         else:
             raise SpecError(f"override: given {ov!r}, allowed: model/<slot>=<name> or model.<key>=<value>")
     return out, explicit
+
+
+def model_overrides(overrides: list[str], sweep: bool = False) -> tuple[dict[str, str], set[str]]:
+    """(slot swaps, keys set explicitly) of one run's overrides (a sweep's job has one value
+    each; ``sweep``: the command line of a grid, where a swap may list several, ``a,b``). A
+    slot swapped twice, or swapped and its ``kind`` also set, is one line."""
+    swaps: dict[str, str] = {}
+    explicit: dict[str, str] = {}
+    for ov in overrides:
+        if swap := parse_swap(ov):
+            slot, names = swap
+            if len(names) != 1 and not sweep:
+                raise SpecError(
+                    f"model/{slot}: given {','.join(names)!r}, allowed: one name (several are a sweep: "
+                    "bertsmith train -m ...)"
+                )
+            value = ",".join(names)
+            if slot in swaps and swaps[slot] != value:
+                raise SpecError(
+                    f"model/{slot}: given {swaps[slot]!r} and {value!r}, allowed: one block per slot"
+                )
+            swaps[slot] = value
+        elif m := _VALUE.match(ov):
+            explicit[m["path"].strip()] = m["value"]
+    for slot, name in swaps.items():
+        key = SLOT_KEYS[slot]
+        for set_key in (f"{key}.kind", key):
+            if set_key in explicit:
+                raise SpecError(
+                    f"model/{slot}: given {name!r} and model.{set_key}={explicit[set_key]}, "
+                    f"allowed: one of them"
+                )
+    return swaps, set(explicit)
 
 
 def _check_syntax(ov: str) -> None:
@@ -220,17 +413,161 @@ def reject_targets(node, path: str = "model") -> None:
             reject_targets(v, f"{path}[{i}]")
 
 
+# --- after composition: swaps, foreign settings, misplaced keys --------------------------------
+
+
+def _fields(slot: str, name: str) -> set[str]:
+    entry = REGISTRY.entries[slot].get(name)
+    return set(entry.params.model_fields) if entry else set()
+
+
+def _slot_fields(slot: str) -> set[str]:
+    return {f for e in REGISTRY.entries[slot].values() for f in e.params.model_fields}
+
+
+def _swap_node(slot: str, name: str) -> dict:
+    """The node ``model/<slot>=<name>`` puts at the slot's key: ``{kind: name}``, an old
+    name's entry and params, or a preset file's mapping."""
+    if name in presets(slot):
+        path = RECIPES / "model" / slot / f"{name}.yaml"
+        data, _ = _read_yaml(path, f"model/{slot}")
+        if not isinstance(data.get("kind"), str):
+            raise SpecError(
+                f"model/{slot}: preset {str(path)!r} has no 'kind', allowed: a mapping with kind "
+                f"(one of {', '.join(REGISTRY.names(slot))}) and its values"
+            )
+        try:
+            return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+        except Exception as e:  # an interpolation that needs the rest of the recipe
+            raise SpecError(
+                f"model/{slot}: preset {str(path)!r} could not be read on its own: {' '.join(str(e).split())[:200]}"
+            ) from None
+    entry, implied = REGISTRY.resolve(slot, name)
+    return {"kind": entry, **implied}
+
+
+def _spec_default(key: str):
+    """The spec's default for a top-level key, as plain data (None if it has none)."""
+    import registry.spec
+
+    f = registry.spec.EncoderSpec.model_fields.get(key)
+    if f is None or f.is_required():
+        return None
+    value = f.get_default(call_default_factory=True)
+    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+
+
+def apply_swaps(model: dict, swaps: dict[str, str], explicit: set[str] = frozenset()) -> None:
+    """Put each swapped slot's block in place, after the recipe body: ``model/<slot>=X``
+    always yields X. Settings of the old block that X also takes are kept (``norm.eps``),
+    those only another block of the slot takes are dropped (RoPE's thetas), unknown ones are
+    kept for the spec to name (a typo); values the swap brings (an old name's or a preset's)
+    win over the recipe's, values set on the command line win over both."""
+    for slot, name in swaps.items():
+        key = SLOT_KEYS[slot]
+        *parents, last = key.split(".")
+        node = model
+        for i, part in enumerate(parents):
+            child = node.get(part)
+            if child is None and i == 0:  # the recipe leaves the parent to its default
+                child = node[part] = _spec_default(part)
+            elif isinstance(child, str):  # the parent's entry by its bare name
+                child = node[part] = {"kind": child}
+            if not isinstance(child, dict):
+                at = ".".join(parents[: i + 1])
+                raise SpecError(
+                    f"model/{slot}: given {name!r}, cannot apply: model.{at} is {shown(child)}, "
+                    f"allowed: a mapping with 'kind' there"
+                )
+            node = child
+        new = _swap_node(slot, name)
+        old = node.get(last)
+        if isinstance(old, str):
+            old = {"kind": old}
+        if old is not None and not isinstance(old, dict):
+            raise SpecError(
+                f"model/{slot}: given {name!r}, cannot apply: model.{key} is {shown(old)}, "
+                "allowed: a mapping with 'kind' there"
+            )
+        own, others = _fields(slot, new["kind"]), _slot_fields(slot)
+        for k, v in (old or {}).items():
+            if k == "kind":
+                continue
+            if f"{key}.{k}" in explicit or (k not in new and (k in own or k not in others)):
+                new[k] = v
+        node[last] = new
+
+
+def _slot_nodes(model: dict) -> list[tuple[str, str, dict]]:
+    """(key, slot, node) of every block mapping in ``model`` whose kind is registered."""
+    from registry.plugins import _get, slot_nodes
+
+    out = []
+    for key, slot, name in slot_nodes(model):
+        node = _get(model, key)
+        if isinstance(node, dict) and name in REGISTRY.entries[slot]:
+            out.append((key, slot, node))
+    return out
+
+
 def _drop_foreign(model: dict, explicit: set[str]) -> None:
     """Drop settings that belong to another block of the same slot (see module doc)."""
-    for slot in SLOT_FIELDS:
-        node = model.get(slot)
-        if not isinstance(node, dict) or node.get("kind") not in REGISTRY.entries[slot]:
-            continue
-        own = REGISTRY.get(slot, node["kind"]).params.model_fields
-        others = {f for e in REGISTRY.entries[slot].values() for f in e.params.model_fields}
-        for key in list(node):
-            if key not in own and key in others and f"{slot}.{key}" not in explicit:
-                del node[key]
+    for key, slot, node in _slot_nodes(model):
+        name, implied = REGISTRY.resolve(slot, node["kind"])
+        own = _fields(slot, name) | set(implied)
+        others = _slot_fields(slot)
+        for k in list(node):
+            if k not in own and k in others and f"{key}.{k}" not in explicit:
+                del node[k]
+
+
+def _misplaced(model: dict) -> list[str]:
+    """Lines for settings written where they do not belong but that a block elsewhere takes
+    (``theta`` at the top of a recipe, ``power`` in ``mlp`` instead of ``mlp.activation``)."""
+    import registry.spec
+
+    top = set(registry.spec.EncoderSpec.model_fields)
+    where: dict[str, list[str]] = {}
+    for slot in SLOTS:
+        for e in REGISTRY.entries[slot].values():
+            for f in e.params.model_fields:
+                if f != "kind":
+                    where.setdefault(f, [])
+                    loc = f"{SLOT_KEYS[slot]}.{f}"
+                    if loc not in where[f]:
+                        where[f].append(loc)
+
+    def line(key: str, k: str, inside: str | None) -> str | None:
+        places = [p for p in where.get(k, []) if p != f"{inside}.{k}"]
+        if not places or k in SLOTS:
+            return None
+        return f"model.{key}: misplaced; it is a block setting that belongs at " + " or ".join(
+            f"model.{p}" for p in places[:3]
+        )
+
+    lines = []
+    for k in model:
+        if k not in top and (ln := line(str(k), str(k), None)):
+            lines.append(ln)
+    for key, slot, node in _slot_nodes(model):
+        known = _slot_fields(slot)
+        for k in node:
+            if k not in known and (ln := line(f"{key}.{k}", str(k), key)):
+                lines.append(ln)
+    return lines
+
+
+def finish_model_config(data: dict, explicit: set[str], swaps: dict[str, str] | None = None) -> dict:
+    """Refuse ``_target_``; apply the command line's slot swaps after the recipe body; drop
+    settings that belong to another block of a slot; name misplaced settings."""
+    reject_targets(data)
+    data.pop("defaults", None)
+    if swaps:
+        apply_swaps(data, swaps, explicit)
+    _drop_foreign(data, explicit)
+    if lines := _misplaced(data):
+        raise SpecError(lines)
+    return data
 
 
 def compose_config(recipe: str, overrides: list[str] = ()) -> dict:
@@ -240,7 +577,11 @@ def compose_config(recipe: str, overrides: list[str] = ()) -> dict:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    prepare()
     hydra_ovs, explicit = hydra_overrides(list(overrides))
+    swaps, _ = model_overrides(list(overrides))
+    # swaps are applied after composition (they must beat the recipe body), not by Hydra
+    hydra_ovs = [o for o in hydra_ovs if not _GROUP.match(o)]
     with _search_dir_for(recipe) as (name, extra):
         ovs = [f"model={name}", *hydra_ovs]
         if extra is not None:
@@ -266,15 +607,7 @@ def compose_config(recipe: str, overrides: list[str] = ()) -> dict:
         raise SpecError(f"model: interpolation failed: {' '.join(str(e).split())[:300]}") from None
     except RecursionError:
         raise SpecError("model: interpolation failed: a value refers back to itself") from None
-    return finish_model_config(data, explicit)
-
-
-def finish_model_config(data: dict, explicit: set[str]) -> dict:
-    """Refuse ``_target_``; drop settings that belong to another block of a slot."""
-    reject_targets(data)
-    data.pop("defaults", None)
-    _drop_foreign(data, explicit)
-    return data
+    return finish_model_config(data, explicit, swaps)
 
 
 def compose(recipe: str, overrides: list[str] = ()):

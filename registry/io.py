@@ -40,11 +40,22 @@ def spec_to_yaml(spec) -> str:
     return yaml.safe_dump(spec_dict(spec), sort_keys=False)
 
 
+def spec_file_text(spec) -> str:
+    """``spec.yaml``: the spec, plus ``plugins:`` (spec key -> module) when a block comes from
+    a plugin, so whoever loads the model knows what to install."""
+    from registry.plugins import plugin_sources
+
+    data = spec_dict(spec)
+    if sources := plugin_sources(spec):
+        data["plugins"] = sources
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def save(model: nn.Module, directory: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Path:
     """Write ``model`` (built by ``registry.builder``) to ``directory``."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "spec.yaml", lambda p: p.write_text(spec_to_yaml(model.spec)))
+    atomic_write(out / "spec.yaml", lambda p: p.write_text(spec_file_text(model.spec)))
     atomic_write(out / "model.safetensors", lambda p: save_model(model, str(p)))
     if tokenizer is not None:
         atomic_write(out / "tokenizer.json", lambda p: shutil.copyfile(tokenizer, p))
@@ -61,7 +72,12 @@ def load_spec(path: str | os.PathLike):
     except (yaml.YAMLError, UnicodeDecodeError):
         raise SpecError(f"spec: given {str(path)!r}, allowed: a valid YAML spec") from None
     from registry.ladder import check
+    from registry.plugins import load_plugins, missing_plugin_lines
 
+    load_plugins()
+    recorded = data.pop("plugins", None) if isinstance(data, dict) else None
+    if lines := missing_plugin_lines(data, recorded, prefix="spec."):
+        raise SpecError(lines)
     spec = parse_spec(data, prefix="spec.")
     check(spec, build_meta=False)
     return spec

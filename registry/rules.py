@@ -8,22 +8,33 @@ raises on a bad spec.
 from __future__ import annotations
 
 from registry.core import REGISTRY
-from registry.errors import choice, problem
-
-_SLOTS_WITH_RULES = ("positional", "attention", "kernel", "mlp", "norm", "head", "init")
+from registry.errors import problem
+from registry.spec import REF_FIELDS as _REF_SLOTS
+from registry.spec import SLOT_FIELDS
 
 
 def _chosen(spec, slot: str):
-    params = getattr(spec, slot)
+    params = getattr(spec, slot, None)
     return None if params is None else REGISTRY.get(slot, params.kind)
 
 
-def _activations(spec) -> list[tuple[str, str]]:
-    """(key, name) of every activation the spec names."""
-    out = [("model.mlp.activation", spec.mlp.activation)]
-    if spec.head is not None and hasattr(spec.head, "activation"):
-        out.append(("model.head.activation", spec.head.activation))
-    return out
+def chosen_entries(spec):
+    """(spec key, entry, params) of every entry the spec chooses, nested ones included (the
+    MLP's activation, a head's activation)."""
+
+    def walk(key: str, slot: str, params):
+        if params is None or not hasattr(params, "kind"):
+            return
+        entry = REGISTRY.get(slot, params.kind)
+        yield key, entry, params
+        for field in type(params).model_fields:
+            inner = getattr(params, field)
+            inner_slot = _REF_SLOTS.get(field)
+            if inner_slot and hasattr(inner, "kind") and inner.kind in REGISTRY.entries[inner_slot]:
+                yield from walk(f"{key}.{field}", inner_slot, inner)
+
+    for slot in SLOT_FIELDS:
+        yield from walk(f"model.{slot}", slot, getattr(spec, slot, None))
 
 
 def problems(spec, device: str | None = None, training: bool = False) -> list[str]:
@@ -31,6 +42,7 @@ def problems(spec, device: str | None = None, training: bool = False) -> list[st
 
     ``device`` ("cpu", "cuda") and ``training`` add the run-time needs: the kernel must run
     on the device, and have a backward pass (and dropout, if any is set) when training.
+    Rules that concern one entry live on that entry (``register(..., check=...)``).
     """
     out: list[str] = []
     if spec.d_model % spec.n_heads:
@@ -39,39 +51,20 @@ def problems(spec, device: str | None = None, training: bool = False) -> list[st
         out.append(
             problem("model.pad_token_id", spec.pad_token_id, f"an id below vocab_size={spec.vocab_size}")
         )
-    for key, name in _activations(spec):
-        if name not in REGISTRY.entries["activation"]:
-            out.append(choice(key, name, REGISTRY.names("activation")))
-    if spec.norm.skip_first and spec.norm.placement != "pre":
+    placement = _chosen(spec, "placement")
+    if getattr(spec.norm, "skip_first", False) and "skip_first" not in placement.provides:
+        able = [e.name for e in REGISTRY.entries["placement"].values() if "skip_first" in e.provides]
         out.append(
             problem(
                 "model.norm.skip_first",
                 True,
-                "false with placement 'post' (only a pre-norm layer 0 can skip its attention norm)",
+                f"false with placement {placement.name!r}, which has no first norm to skip "
+                f"(placements that do: {', '.join(able)})",
             )
         )
-    dim = getattr(spec.positional, "dim", None)
-    if dim is not None and spec.d_model % spec.n_heads == 0 and dim > spec.d_model // spec.n_heads:
-        out.append(
-            problem("model.positional.dim", dim, f"at most the head dimension {spec.d_model // spec.n_heads}")
-        )
-    buckets = getattr(spec.positional, "position_buckets", 0)
-    if buckets == 1:
-        out.append(problem("model.positional.position_buckets", 1, "0 (no buckets) or at least 2"))
-    elif buckets > 1:
-        # log buckets run from mid = buckets // 2 out to the farthest distance, which must lie past mid
-        given = spec.positional.max_relative_positions
-        key, reach = (
-            ("model.positional.max_relative_positions", given)
-            if given is not None
-            else ("model.max_seq_len", spec.max_seq_len)
-        )
-        if reach - 1 <= buckets // 2:
-            out.append(
-                problem(
-                    key, reach, f"at least position_buckets // 2 + 2 = {buckets // 2 + 2} for log buckets"
-                )
-            )
+    for _, entry, _ in chosen_entries(spec):
+        if entry.check is not None:
+            out += entry.check(spec)
     out += _requirement_problems(spec)
     out += _runtime_problems(spec, device, training)
     return out
@@ -79,10 +72,8 @@ def problems(spec, device: str | None = None, training: bool = False) -> list[st
 
 def _requirement_problems(spec) -> list[str]:
     out = []
-    for slot in _SLOTS_WITH_RULES:
-        entry = _chosen(spec, slot)
-        if entry is None:
-            continue
+    for key, entry, _ in chosen_entries(spec):
+        slot = key.removeprefix("model.")
         for req in entry.requires:
             if req.when is not None and not req.when(spec):
                 continue

@@ -8,12 +8,22 @@ slot compatibility live in ``registry.rules``; this module checks types and rang
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+)
 
 import blocks  # noqa: F401  (fills the registry)
-from registry.core import REGISTRY
+from registry.core import REGISTRY, SLOT_KEYS, SlotRef
 from registry.errors import SpecError, choice, nearest, shown
 
 
@@ -59,50 +69,191 @@ LIMITS = {
 _Int = Annotated[int, Strict()]
 
 
-def _slot_type(slot: str):
+def _refs(model: type[BaseModel]) -> dict[str, str]:
+    """Fields of ``model`` that hold another slot's entry: field name -> slot."""
+    out = {}
+    for name, f in model.model_fields.items():
+        ref = next((m for m in f.metadata if isinstance(m, SlotRef)), None)
+        if ref is not None:
+            out[name] = ref.slot
+    return out
+
+
+def _as_entry(slot: str):
+    """Before validation of a slot's field: a bare name reads as ``{kind: name}``, and an old
+    name (an alias, e.g. ``relu2``) as the entry and params it stands for."""
+
+    def convert(value):
+        if isinstance(value, str):
+            value = {"kind": value}
+        if isinstance(value, dict) and isinstance(value.get("kind"), str):
+            name, implied = REGISTRY.resolve(slot, value["kind"])
+            if implied or name != value["kind"]:
+                value = {**implied, **value, "kind": name}
+        return value
+
+    return BeforeValidator(convert)
+
+
+def _union(slot: str):
     models = tuple(e.params for e in REGISTRY.entries[slot].values())
-    if len(models) == 1:
-        return models[0]
-    return Annotated[Union[models], Field(discriminator="kind")]  # noqa: UP007
+    inner = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="kind")]  # noqa: UP007
+    return Annotated[inner, _as_entry(slot)]
+
+
+def _default_entry(slot: str, given: Any):
+    """A default factory: the entry ``given`` names (a name or a mapping), parsed."""
+    return lambda: TypeAdapter(_union(slot)).validate_python(given)
+
+
+# fields of params models that hold another slot's entry: field name -> slot
+REF_FIELDS: dict[str, str] = {}
+
+
+def _resolve_refs() -> None:
+    """Give every params model with ``SlotRef`` fields those slots' unions (once per model),
+    in the registry itself, so every reader of ``entry.params`` sees the full type."""
+    for slot in REGISTRY.entries:
+        for name, entry in list(REGISTRY.entries[slot].items()):
+            declared = getattr(entry.params, "__declared__", entry.params)  # as registered
+            refs = _refs(declared)
+            if not refs:
+                continue
+            REF_FIELDS.update(refs)
+            fields = {}
+            for field, target in refs.items():
+                f = declared.model_fields[field]
+                fields[field] = (
+                    _union(target),
+                    Field(default_factory=_default_entry(target, f.default), description=f.description),
+                )
+            model = create_model(declared.__name__, __base__=declared, **fields)
+            model.__doc__ = declared.__doc__
+            model.__declared__ = declared
+            model.__module__ = __name__  # importable under its name, so specs pickle
+            globals()[model.__name__] = model
+            REGISTRY.entries[slot][name] = replace(entry, params=model)
 
 
 def _default(slot: str, name: str) -> Any:
     return REGISTRY.get(slot, name).params()
 
 
-EncoderSpec = create_model(
-    "EncoderSpec",
-    __base__=_Frozen,
-    __doc__="A whole encoder: sizes, one entry per slot, bias toggles, dropouts.",
-    name=(str, Field("encoder", max_length=200)),
-    vocab_size=(_Int, Field(..., gt=0, le=LIMITS["vocab_size"])),
-    d_model=(_Int, Field(..., gt=0, le=LIMITS["d_model"])),
-    n_layers=(_Int, Field(..., gt=0, le=LIMITS["n_layers"])),
-    n_heads=(_Int, Field(..., gt=0, le=LIMITS["d_model"])),
-    d_ff=(_Int, Field(..., gt=0, le=LIMITS["d_ff"])),
-    max_seq_len=(_Int, Field(512, gt=0, le=LIMITS["max_seq_len"])),
-    type_vocab_size=(_Int, Field(0, ge=0, le=LIMITS["type_vocab_size"])),
-    pad_token_id=(_Int, Field(0, ge=0)),
-    positional=(_slot_type("positional"), ...),
-    attention=(_slot_type("attention"), Field(default_factory=lambda: _default("attention", "global"))),
-    kernel=(_slot_type("kernel"), Field(default_factory=lambda: _default("kernel", "sdpa"))),
-    mlp=(_slot_type("mlp"), Field(default_factory=lambda: _default("mlp", "mlp"))),
-    norm=(_slot_type("norm"), Field(default_factory=lambda: _default("norm", "layernorm"))),
-    bias=(BiasSpec, Field(default_factory=BiasSpec)),
-    dropout=(DropoutSpec, Field(default_factory=DropoutSpec)),
-    head=(_slot_type("head") | None, Field(default_factory=lambda: _default("head", "mlm"))),
-    init=(_slot_type("init"), Field(default_factory=lambda: _default("init", "bert_normal"))),
-)
+# top-level spec keys that hold a slot's entry (the activation sits inside the MLP)
+SLOT_FIELDS = tuple(slot for slot, key in SLOT_KEYS.items() if key == slot)
 
-SLOT_FIELDS = ("positional", "attention", "kernel", "mlp", "norm", "head", "init")
+
+def _build_spec() -> type[BaseModel]:
+    _resolve_refs()
+    model = create_model(
+        "EncoderSpec",
+        __base__=_Frozen,
+        __doc__="A whole encoder: sizes, one entry per slot, bias toggles, dropouts.",
+        name=(str, Field("encoder", max_length=200, description="the model's name")),
+        vocab_size=(
+            _Int,
+            Field(..., gt=0, le=LIMITS["vocab_size"], description="rows of the token embedding"),
+        ),
+        d_model=(_Int, Field(..., gt=0, le=LIMITS["d_model"], description="width of the residual stream")),
+        n_layers=(_Int, Field(..., gt=0, le=LIMITS["n_layers"], description="number of encoder layers")),
+        n_heads=(_Int, Field(..., gt=0, le=LIMITS["d_model"], description="attention heads per layer")),
+        d_ff=(_Int, Field(..., gt=0, le=LIMITS["d_ff"], description="width the MLP's activation sees")),
+        max_seq_len=(
+            _Int,
+            Field(512, gt=0, le=LIMITS["max_seq_len"], description="longest sequence the model takes"),
+        ),
+        type_vocab_size=(
+            _Int,
+            Field(
+                0,
+                ge=0,
+                le=LIMITS["type_vocab_size"],
+                description="token-type (segment) embeddings; 0 for none",
+            ),
+        ),
+        pad_token_id=(_Int, Field(0, ge=0, description="the padding token's id")),
+        positional=(_union("positional"), Field(..., description=_SLOT_DOCS["positional"])),
+        attention=(_union("attention"), _slot_field("attention", "global")),
+        kernel=(_union("kernel"), _slot_field("kernel", "sdpa")),
+        mlp=(_union("mlp"), _slot_field("mlp", "mlp")),
+        norm=(_union("norm"), _slot_field("norm", "layernorm")),
+        placement=(_union("placement"), _slot_field("placement", "pre")),
+        bias=(BiasSpec, Field(default_factory=BiasSpec, description="bias toggles per site")),
+        dropout=(
+            DropoutSpec,
+            Field(default_factory=DropoutSpec, description="dropout probabilities per site"),
+        ),
+        head=(_union("head") | None, _slot_field("head", "mlm")),
+        init=(_union("init"), _slot_field("init", "bert_normal")),
+    )
+    return model
+
+
+_SLOT_DOCS = {
+    "positional": "how positions enter: an embedding, rotated q/k or a score bias",
+    "attention": "which layers attend globally and which in a local window",
+    "kernel": "the attention kernel (how scores are computed)",
+    "mlp": "the feed-forward block, with its activation",
+    "norm": "the norm, its epsilon, and the embedding/final norms",
+    "placement": "where norms sit around each sublayer (the residual wiring)",
+    "head": "the head on the final hidden states (null for none)",
+    "init": "the weight initialisation scheme",
+}
+
+
+def _slot_field(slot: str, default: str):
+    return Field(default_factory=lambda: _default(slot, default), description=_SLOT_DOCS[slot])
+
+
+EncoderSpec = _build_spec()
+_built_for = REGISTRY.version
+
+
+def refresh_spec() -> None:
+    """Rebuild ``EncoderSpec`` from the registry as it is now (after plugins registered)."""
+    global EncoderSpec, _built_for
+    EncoderSpec = _build_spec()
+    _built_for = REGISTRY.version
+
+
+def spec_model() -> type[BaseModel]:
+    """``EncoderSpec`` for the registry as it is now: rebuilt when a block was registered
+    since (a plugin, or a block defined in a notebook)."""
+    if _built_for != REGISTRY.version:
+        refresh_spec()
+    return EncoderSpec
+
+
+def _slot_at(loc: tuple, i: int) -> str | None:
+    """The slot whose entry ``loc[i]`` names, if ``loc[:i]`` leads to a slot's field."""
+    key = loc[i - 1] if i else None
+    if i == 1 and key in SLOT_FIELDS:
+        return key
+    if i >= 3 and key in REF_FIELDS:
+        return REF_FIELDS[key]
+    return None
+
+
+def _strip_tags(loc: tuple) -> tuple[tuple, str | None, str | None]:
+    """(location without the union tags pydantic inserts, last slot, last tag):
+    ``mlp.glu.activation.relu.power`` -> ``mlp.activation.power``."""
+    out, slot, tag = [], None, None
+    for i, part in enumerate(loc):
+        s = _slot_at(loc, i)
+        if s is not None and (part in REGISTRY.entries[s] or part in ("str", "dict")):
+            slot, tag = s, part
+            continue
+        out.append(part)
+    return tuple(out), slot, tag
 
 
 def _fields_of(loc: tuple) -> list[str]:
-    """Allowed keys at ``loc`` (a pydantic error location, tag included for slots)."""
+    """Allowed keys at ``loc`` (a pydantic error location, tags included)."""
     if not loc:
-        return list(EncoderSpec.model_fields)
-    if loc[0] in SLOT_FIELDS and len(loc) >= 2 and loc[1] in REGISTRY.entries.get(loc[0], {}):
-        return list(REGISTRY.get(loc[0], loc[1]).params.model_fields)
+        return list(spec_model().model_fields)
+    _, slot, tag = _strip_tags(loc)
+    if slot is not None and tag in REGISTRY.entries[slot]:
+        return list(REGISTRY.get(slot, tag).params.model_fields)
     sub = {"bias": BiasSpec, "dropout": DropoutSpec}.get(loc[0])
     return list(sub.model_fields) if sub else []
 
@@ -110,27 +261,28 @@ def _fields_of(loc: tuple) -> list[str]:
 def _line(err: dict, prefix: str) -> str:
     loc = tuple(str(x) for x in err["loc"])
     etype, given = err["type"], err.get("input")
-    # discriminated unions put the tag in the location: positional.rope.theta -> positional.theta
-    tag = loc[1] if len(loc) > 1 and loc[0] in SLOT_FIELDS else None
-    path = loc[:1] + loc[2:] if tag in REGISTRY.entries.get(loc[0], {}) else loc
+    path, slot, tag = _strip_tags(loc)
     key = prefix + ".".join(path)
     if etype in ("union_tag_invalid", "union_tag_not_found"):
-        slot = loc[0]
+        slot = _slot_at(loc, len(loc)) or slot
         given = given.get("kind") if isinstance(given, dict) else given
         if etype == "union_tag_not_found":
             return f"{key}.kind: missing; allowed: {', '.join(REGISTRY.names(slot))}"
         return choice(f"{key}.kind", given, REGISTRY.names(slot))
     if etype == "extra_forbidden":
-        parent = loc[:-1]
-        allowed = [f for f in _fields_of(parent) if f != "kind"]
+        allowed = [f for f in _fields_of(loc[:-1]) if f != "kind"]
         where = f" for {tag}" if tag else ""
+        if len(loc) == 1 and loc[0] in SLOT_KEYS and SLOT_KEYS[loc[0]] != loc[0]:
+            return f"{key}: misplaced; the {loc[0]} entry belongs at {prefix}{SLOT_KEYS[loc[0]]}"
         return (
             f"{key}: unknown key{where}; allowed: {', '.join(allowed) or 'none'}{nearest(loc[-1], allowed)}"
         )
     if etype == "missing":
         return f"{key}: missing; a value is required"
-    if len(loc) == 1 and loc[0] in SLOT_FIELDS and not isinstance(given, dict):
-        return f"{key}: given {shown(given)}, allowed: a mapping with 'kind' (one of {', '.join(REGISTRY.names(loc[0]))})"
+    field_slot = _slot_at(loc, len(loc))
+    if field_slot is not None and not isinstance(given, dict):
+        names = ", ".join(REGISTRY.names(field_slot))
+        return f"{key}: given {shown(given)}, allowed: a mapping with 'kind' (one of {names})"
     msg = err["msg"]
     for lead in ("Input should be ", "Value error, "):
         msg = msg.removeprefix(lead)
@@ -149,6 +301,25 @@ def _non_finite(node, key: str) -> list[str]:
     return []
 
 
+def _old_placement(data: dict, prefix: str) -> dict:
+    """``norm.placement: post`` (the spelling before placement was a slot) -> ``placement:
+    {kind: post}``; refused when it contradicts a ``placement`` given as well."""
+    norm = data.get("norm")
+    if not isinstance(norm, dict) or "placement" not in norm:
+        return data
+    norm = dict(norm)
+    old = norm.pop("placement")
+    new = data.get("placement")
+    kind = new.get("kind") if isinstance(new, dict) else new
+    if new is not None and kind != old:
+        raise SpecError(
+            f"{prefix}norm.placement: given {shown(old)} (the old spelling) while {prefix}placement "
+            f"is {shown(kind)}; allowed: one of them — placement is a slot now: "
+            f"placement: {{kind: {old}}} (model/placement={old})"
+        )
+    return {**data, "norm": norm, "placement": new if new is not None else {"kind": old}}
+
+
 def parse_spec(data: dict, prefix: str = "model.") -> BaseModel:
     """Validate a plain mapping into an ``EncoderSpec``; raise ``SpecError`` with one line per
     problem, each naming the key (``prefix`` + dotted path), what was given and what is allowed."""
@@ -156,8 +327,9 @@ def parse_spec(data: dict, prefix: str = "model.") -> BaseModel:
         raise SpecError(f"{prefix.rstrip('.') or 'spec'}: given {type(data).__name__}, allowed: a mapping")
     if bad := _non_finite(data, prefix.rstrip(".")):
         raise SpecError(bad)
+    data = _old_placement(data, prefix)
     try:
-        return EncoderSpec.model_validate(data)
+        return spec_model().model_validate(data)
     except ValidationError as e:
         raise SpecError(dict.fromkeys(_line(err, prefix) for err in e.errors())) from None
 
@@ -172,3 +344,17 @@ def spec_dict(spec: BaseModel) -> dict:
         return node
 
     return order(spec.model_dump(mode="json"))
+
+
+def __getattr__(name: str):
+    """A resolved params model of a plugin's block, in a process that has not loaded the
+    plugins yet (a spec unpickled in a DDP worker): load them, then look again."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from registry.plugins import load_plugins
+
+    load_plugins()
+    spec_model()
+    if name in globals():
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

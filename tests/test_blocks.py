@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import registry
-from blocks.activation import GeluTanh, Relu2
+from blocks.activation import GeluTanh, Relu
 from blocks.head import ClassificationHead, MlmHead, mean_tokens
 from blocks.mlp import Glu
 from blocks.norm import RMSNorm
@@ -87,13 +87,15 @@ def test_rmsnorm_with_bias():
 
 def test_activations():
     x = torch.linspace(-3, 3, 13)
-    assert torch.equal(Relu2()(x), torch.clamp(x, min=0) ** 2)
+    assert torch.equal(Relu(power=2)(x), torch.clamp(x, min=0) ** 2)
+    assert torch.equal(Relu(power=3)(x), torch.clamp(x, min=0) ** 3)
+    assert torch.equal(Relu()(x), torch.clamp(x, min=0))
     ref = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     assert torch.allclose(GeluTanh()(x), ref, atol=1e-6)
 
 
 def test_glu_first_half_activated():
-    glu = Glu(4, 3, torch.nn.GELU(), bias_in=False, bias_out=False)
+    glu = Glu(4, 3, lambda _: torch.nn.GELU(), bias_in=False, bias_out=False)
     x = torch.randn(2, 4)
     w = glu.wi.weight
     ref = (F.gelu(x @ w[:3].T) * (x @ w[3:].T)) @ glu.wo.weight.T

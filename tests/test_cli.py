@@ -17,7 +17,7 @@ import blocks  # noqa: F401  (fills REGISTRY, which this module reads at import)
 import registry
 from registry import REGISTRY
 from registry.spec import spec_dict
-from train.cli import parser
+from train.cli import _plain, parser
 
 SCRIPT = Path(sys.executable).with_name("bertsmith")
 ENTRIES = [(e.slot, e.name) for e in REGISTRY]
@@ -87,6 +87,8 @@ def _parse_blocks(text: str) -> dict[tuple[str, str], dict[str, str]]:
     for line in text.splitlines():
         if not line.strip():
             continue
+        if line.startswith("keys "):  # the spec's keys outside the blocks close the listing
+            break
         if not line.startswith(" "):
             slot = line.strip()
             continue
@@ -107,12 +109,15 @@ def test_blocks_lists_every_entry_with_params_and_doc(cli):
     for (slot, name), row in rows.items():
         entry = REGISTRY.get(slot, name)
         assert row["doc"] == entry.doc
-        defaults = entry.defaults()
+        defaults = {k: _plain(v) for k, v in entry.defaults().items()}
         if defaults:
             assert row["params"] == ", ".join(f"{k}={v!r}" for k, v in defaults.items())
         else:
             assert "params" not in row
         assert ("needs" in row) == bool(entry.requires)
+        assert ("from" in row) == (entry.source != "bertsmith")
+        for param in defaults:  # each param's meaning on its own line
+            assert row[param].strip(), (slot, name, param)
     assert "theta=10000.0" in rows[("positional", "rope")]["params"]
     assert rows[("attention", "local")]["params"] == "window=128"
     assert rows[("attention", "alternating")]["params"] == "window=128, global_every=3"
@@ -125,14 +130,27 @@ def test_blocks_json_has_one_row_per_entry(cli):
     for r in rows:
         entry = REGISTRY.get(r["slot"], r["name"])
         # through JSON as plain data (a tuple default reads back as a list)
-        assert {k: v["default"] for k, v in r["params"].items()} == json.loads(json.dumps(entry.defaults()))
+        assert {k: v["default"] for k, v in r["params"].items()} == json.loads(
+            json.dumps({k: _plain(v) for k, v in entry.defaults().items()})
+        )
         assert r["doc"] == entry.doc
+        assert r["source"] == entry.source
+        assert all(p["doc"] for p in r["params"].values())
         assert r["provides"] == sorted(entry.provides)
         assert [q["slot"] for q in r["requires"]] == [q.slot for q in entry.requires]
     by = {(r["slot"], r["name"]): r for r in rows}
-    assert by[("positional", "rope")]["params"]["theta"] == {"default": 10000.0, "type": "float"}
+    theta = by[("positional", "rope")]["params"]["theta"]
+    assert {k: theta[k] for k in ("default", "type")} == {"default": 10000.0, "type": "float"}
     assert by[("attention", "local")]["params"]["window"]["default"] == 128
-    assert by[("norm", "layernorm")]["params"]["placement"]["default"] == "pre"
+    assert by[("norm", "layernorm")]["params"]["skip_first"]["default"] is False
+
+
+def test_blocks_lists_the_spec_keys_with_their_meaning(cli):
+    text = cli("blocks").stdout
+    keys = text[text.index("\nkeys ") :].splitlines()[2:]
+    listed = {line.split()[0]: line.split(None, 1)[1] for line in keys if line.strip()}
+    for key in ("d_model", "d_ff", "n_heads", "bias.qkv", "dropout.attention", "mlp.activation", "placement"):
+        assert listed.get(key), key
 
 
 @pytest.mark.parametrize("slot, name", ENTRIES, ids=[f"{s}={n}" for s, n in ENTRIES])

@@ -112,7 +112,7 @@ CASES = [
     Case(
         "bad-activation",
         ("validate", "modernbert-tiny", "model.mlp.activation=gleu"),
-        ("model.mlp.activation",),
+        ("model.mlp.activation.kind",),
         ("given 'gleu'", "did you mean 'gelu'?"),
     ),
     Case(
@@ -122,8 +122,8 @@ CASES = [
     ),
     Case(
         "two-rule-problems-two-lines",
-        ("validate", "modernbert-tiny", "model.d_model=250", "model.mlp.activation=gleu"),
-        ("model.n_heads", "model.mlp.activation"),
+        ("validate", "modernbert-tiny", "model.d_model=250", "model.pad_token_id=9999"),
+        ("model.n_heads", "model.pad_token_id"),
     ),
     Case(
         "bad-override-syntax",

@@ -275,7 +275,11 @@ def test_imported_specs_say_what_the_configs_say(imported):
     assert spec.bias.qkv and spec.bias.attn_out and spec.bias.mlp_in and spec.bias.mlp_out and spec.bias.norm
     assert spec.head is None
     spec = imported("modernbert-mlm-silu").model.spec
-    assert (spec.mlp.activation, spec.head.activation, spec.bias.head) == ("silu", "gelu_tanh", True)
+    assert (spec.mlp.activation.kind, spec.head.activation.kind, spec.bias.head) == (
+        "silu",
+        "gelu_tanh",
+        True,
+    )
     spec = imported("roberta-mlm").model.spec
     assert (spec.positional.offset, spec.pad_token_id, spec.type_vocab_size) == (2, 1, 1)
 
@@ -404,7 +408,7 @@ def test_mosaicbert_matches_independent_reference(n_heads):
             "model.vocab_size=89",
         ],
     )
-    assert (spec.positional.kind, spec.mlp.kind, spec.norm.placement) == ("alibi", "glu", "post")
+    assert (spec.positional.kind, spec.mlp.kind, spec.placement.kind) == ("alibi", "glu", "post")
     model = registry.build(spec)
     randomize_(model, seed=n_heads)
     model.eval()

@@ -18,6 +18,7 @@ import blocks  # noqa: F401  (fills REGISTRY, which this module reads at import)
 import registry
 from registry import REGISTRY, SpecError
 from registry.composer import compose_config
+from registry.core import SLOT_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "recipes" / "model"
@@ -41,12 +42,15 @@ FAMILY_PARAMS = {
 
 
 def expected_params(spec) -> tuple[int, int]:
-    """(embedding, total) of the encoder body, counted from the spec alone."""
+    """(embedding, total) of the encoder body, counted from the spec alone: an independent
+    reference for the built-in blocks (a plugin's block is counted by the cost model only)."""
     D, F_, b = spec.d_model, spec.d_ff, spec.bias
-    norm = D * (2 if b.norm else 1)
+    norm = 1 if spec.norm.kind == "scalenorm" else D * (2 if b.norm else 1)
     emb = spec.vocab_size * D + spec.type_vocab_size * D
     if spec.positional.kind == "learned":
         emb += (spec.max_seq_len + spec.positional.offset) * D
+    if spec.positional.kind == "t5":  # one bucket table for all layers
+        emb += spec.positional.num_buckets * spec.n_heads
     if spec.norm.embedding:
         emb += norm
     own = 0  # per-layer parameters of the positional scheme
@@ -57,6 +61,8 @@ def expected_params(spec) -> tuple[int, int]:
         if not pos.share_att_key:
             own = len(pos.pos_att_type) * (D * D + D * b.qkv)
     mlp_in = 2 * F_ if spec.mlp.kind == "glu" else F_
+    act = 1 if getattr(spec.mlp.activation, "learnable", False) else 0
+    norms = 4 if spec.placement.kind == "sandwich" else 2
     layer = (
         3 * D * D
         + 3 * D * b.qkv
@@ -66,11 +72,12 @@ def expected_params(spec) -> tuple[int, int]:
         + mlp_in * b.mlp_in
         + F_ * D
         + D * b.mlp_out
-        + 2 * norm
+        + norms * norm
         + own
+        + act
     )
     total = emb + spec.n_layers * layer + (norm if spec.norm.final else 0)
-    if spec.norm.placement == "pre" and spec.norm.skip_first:
+    if spec.norm.skip_first:
         total -= norm
     return emb, total
 
@@ -242,24 +249,34 @@ def test_sequence_heads_ignore_padding(overrides, key):
     torch.testing.assert_close(padded, alone, atol=2e-5, rtol=1e-4)
 
 
-# --- slot entries: one YAML each; each one can be swapped in ---------------------------------
+# --- slot entries: each is an option without a YAML file; each one can be swapped in --------
 
 
-@pytest.mark.parametrize("slot, name", ENTRIES, ids=[f"{s}={n}" for s, n in ENTRIES])
-def test_slot_entry_file_selects_the_entry(slot, name):
-    path = MODEL_DIR / slot / f"{name}.yaml"
-    assert path.is_file(), f"missing {path.relative_to(ROOT)}"
-    data = yaml.safe_load(path.read_text())
-    if slot == "activation":  # packaged into model.mlp
-        assert data == {"activation": name}
-        assert "@package model.mlp" in path.read_text()
-    else:
-        assert data == {"kind": name}
+def test_every_entry_is_an_option_without_a_file():
+    """``model/<slot>=<name>`` needs no YAML: the registry's entries are generated into
+    Hydra's ConfigStore as ``{kind: <name>}`` at the slot's key."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from registry.composer import presets, register_configs
+
+    register_configs()
+    for slot, name in ENTRIES:
+        if name in presets(slot):
+            continue
+        node = ConfigStore.instance().load(f"model/{slot}/{name}.yaml")
+        assert OmegaConf.to_container(node.node) == {"kind": name}, (slot, name)
+        assert node.package == f"model.{SLOT_KEYS[slot]}"
 
 
-def test_no_slot_file_without_an_entry():
-    files = {(p.parent.name, p.stem) for p in MODEL_DIR.glob("*/*.yaml")}
-    assert files == set(ENTRIES)
+def test_slot_files_are_presets_with_values():
+    """A YAML file under recipes/model/<slot>/ exists only for a preset: an entry with values."""
+    for path in MODEL_DIR.glob("*/*.yaml"):
+        data = yaml.safe_load(path.read_text())
+        slot = path.parent.name
+        assert slot in SLOT_KEYS, path
+        assert isinstance(data, dict) and data.get("kind") in REGISTRY.names(slot), path
+        assert set(data) - {"kind"}, f"{path} only names its entry: the registry already does"
 
 
 @pytest.fixture(scope="module")
@@ -284,6 +301,11 @@ def test_swap_each_entry_onto_modernbert_tiny(slot, name, tiny_base):
         refused = registry.problems(spec) + availability_problems(spec)
         if refused:
             pytest.skip("; ".join(refused))
+    spec = registry.compose("modernbert-tiny", [f"model/{slot}={name}"])
+    if refused := registry.problems(spec):
+        # an entry that does not fit this base says why through its declared rules
+        assert all(line.startswith("model.") for line in refused), refused
+        pytest.skip("; ".join(refused))
     spec = registry.validate("modernbert-tiny", [f"model/{slot}={name}"])
     field = "mlp" if slot == "activation" else slot
     got = spec.model_dump()
@@ -291,7 +313,7 @@ def test_swap_each_entry_onto_modernbert_tiny(slot, name, tiny_base):
     # nothing outside the swapped slot changes
     assert {k: v for k, v in got.items() if k != field} == {k: v for k, v in want.items() if k != field}
     if slot == "activation":
-        assert got["mlp"] == {**want["mlp"], "activation": name}
+        assert got["mlp"] == {**want["mlp"], "activation": REGISTRY.get(slot, name).params().model_dump()}
     else:
         # the recipe's own settings that the new entry takes are kept, the others dropped
         entry = REGISTRY.get(slot, name)
@@ -348,7 +370,7 @@ def test_value_override_sets_only_that_value():
     spec = registry.compose("modernbert-base", ["model.d_model=512", "model.norm.eps=1e-6"])
     assert spec.d_model == 512
     assert spec.norm.eps == 1e-6
-    assert spec.norm.placement == "pre" and spec.norm.skip_first is True
+    assert spec.placement.kind == "pre" and spec.norm.skip_first is True
     assert _without(spec, "d_model", "norm") == _without(base, "d_model", "norm")
 
 
@@ -373,7 +395,6 @@ def test_swap_keeps_settings_the_new_entry_takes():
     assert spec.norm.model_dump() == {
         "kind": "rmsnorm",
         "eps": 1e-5,
-        "placement": "pre",
         "embedding": True,
         "final": True,
         "skip_first": True,
@@ -437,22 +458,22 @@ def test_compose_recipe_by_absolute_path(tmp_path, monkeypatch):
             "band": "auto",
             "split": "auto",
         },  # not in the defaults list: the spec's default
-        "mlp": {"kind": "glu", "activation": "silu"},
+        "mlp": {"kind": "glu", "activation": {"kind": "silu"}},
         "norm": {
             "kind": "rmsnorm",
             "eps": 1e-5,
-            "placement": "pre",
             "embedding": True,
             "final": True,
             "skip_first": False,
         },
+        "placement": {"kind": "pre"},
         "bias": dict.fromkeys(("qkv", "attn_out", "mlp_in", "mlp_out", "norm", "head", "decoder"), True),
         "dropout": dict.fromkeys(("embedding", "attention", "attn_out", "mlp"), 0.0),
         "head": {
             "kind": "classification",
             "num_labels": 5,
             "pooling": "cls",
-            "activation": "gelu",
+            "activation": {"kind": "gelu"},
             "norm": True,
             "dropout": 0.0,
         },

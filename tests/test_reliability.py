@@ -103,7 +103,11 @@ CASES = [
     Bad("int-given-mapping", TINY, ("model.n_layers={a:1}",), ("model.n_layers",), ("{'a': 1}", "integer")),
     Bad("bool-given-text", TINY, ("model.norm.final=maybe",), ("model.norm.final",), ("'maybe'", "boolean")),
     Bad(
-        "slot-given-text", TINY, ("model.positional=rope",), ("model.positional",), ("a mapping with 'kind'",)
+        "slot-given-a-number",
+        TINY,
+        ("model.positional=5",),
+        ("model.positional",),
+        ("a mapping with 'kind'",),
     ),
     # impossible sizes
     Bad("heads-not-a-divisor", TINY, ("model.d_model=250",), ("model.n_heads",), ("given 4", "d_model=250")),
@@ -167,7 +171,7 @@ CASES = [
         "unknown-activation",
         TINY,
         ("model.mlp.activation=gleu",),
-        ("model.mlp.activation",),
+        ("model.mlp.activation.kind",),
         ("did you mean 'gelu'?",),
     ),
     Bad(
@@ -188,8 +192,8 @@ CASES = [
     Bad(
         "two-problems-two-lines",
         TINY,
-        ("model.d_model=250", "model.mlp.activation=gleu"),
-        ("model.n_heads", "model.mlp.activation"),
+        ("model.d_model=250", "model.pad_token_id=9999"),
+        ("model.n_heads", "model.pad_token_id"),
     ),
     # unicode oddities
     Bad(
@@ -480,7 +484,13 @@ CASES = [
         ("data.seq_len",),
         ("given 1024", "max_seq_len"),
     ),
-    Bad("nsp-without-nsp-head", None, ("objective.nsp=true",), ("objective.nsp",), ("head is nsp",)),
+    Bad(
+        "nsp-without-nsp-head",
+        None,
+        ("objective.nsp=true",),
+        ("objective.nsp",),
+        ("head provides next_sentence",),
+    ),
     Bad(
         "skip-guard-negative",
         None,

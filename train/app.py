@@ -23,7 +23,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from registry.composer import RECIPES, finish_model_config, hydra_overrides, reject_targets
+from registry.composer import (
+    RECIPES,
+    file_option_name,
+    finish_model_config,
+    hydra_overrides,
+    missing_slots,
+    model_overrides,
+    prepare,
+    reject_targets,
+    swappable_copy,
+)
 from registry.errors import SpecError, choice, nearest
 
 SETTINGS = ("data", "tokenizer", "objective", "optim", "schedule", "trainer")  # typed in train.config
@@ -66,20 +76,15 @@ def prepare_overrides(args: list[str], tmp: Path) -> list[str]:
             plain.append(f"finetune='{value}'")
         else:
             plain.append(a)
+    prepare()  # plugins and the slot options: what the names below are checked against
     ovs, _ = hydra_overrides(plain, others=True)
+    model_overrides(plain, sweep=True)  # a slot swapped twice, or also by its kind: one line
     out = []
     for ov in ovs:
         if (m := _CHOICE.match(ov)) and m["group"] in GROUPS:
             group, value = m["group"], m["value"]
-            if group == "model" and (value.endswith((".yaml", ".yml")) or "/" in value):
-                from registry.composer import read_recipe_file
-
-                path = Path(value).expanduser().resolve()
-                read_recipe_file(path)
-                (tmp / "model").mkdir(exist_ok=True)
-                name = "_file_" + re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)
-                shutil.copyfile(path, tmp / "model" / f"{name}.yaml")
-                out += [f"model={name}", f"hydra.searchpath=[file://{tmp}]"]
+            if group == "model":
+                out += _model_choice(value, tmp)
                 continue
             for one in value.split(","):
                 if one not in _options(group):
@@ -97,6 +102,26 @@ def prepare_overrides(args: list[str], tmp: Path) -> list[str]:
     return out + flags
 
 
+def _model_choice(value: str, tmp: Path) -> list[str]:
+    """``model=`` for Hydra: a recipe file (or a sweep of several) becomes an option in a
+    search path entry; so does a recipe whose defaults tree leaves a slot unselected (a
+    standalone recipe), with ``<slot>: null`` added so ``model/<slot>=`` applies to it too."""
+    names, search = [], False
+    for one in value.split(","):
+        if one.endswith((".yaml", ".yml")) or "/" in one:
+            path = Path(one).expanduser().resolve()
+            names.append(swappable_copy(path, tmp, file_option_name(path)))
+            search = True
+        elif one not in _options("model"):
+            raise SpecError(choice("model", one, _options("model")))
+        elif missing_slots(one):
+            names.append(swappable_copy(RECIPES / "model" / f"{one}.yaml", tmp, f"_file_{one}"))
+            search = True
+        else:
+            names.append(one)
+    return [f"model={','.join(names)}", *([f"hydra.searchpath=[file://{tmp}]"] if search else [])]
+
+
 def parse_config(cfg: DictConfig, task_overrides: list[str]):
     """(EncoderSpec, TrainConfig) from a composed ``train`` config."""
     from omegaconf.errors import OmegaConfBaseException
@@ -111,8 +136,9 @@ def parse_config(cfg: DictConfig, task_overrides: list[str]):
         why = " ".join(str(e).split("\n    full_key:")[0].split())  # OmegaConf appends the key again
         raise SpecError(f"{key}: interpolation failed: {why[:200]}") from None
     data.pop("hydra", None)
-    _, explicit = hydra_overrides(list(task_overrides), others=True)
-    model = finish_model_config(data.pop("model"), explicit)
+    prepare()  # a job in another process (a launcher's) loads the plugins too
+    swaps, explicit = model_overrides(list(task_overrides))
+    model = finish_model_config(data.pop("model"), explicit, swaps)
     reject_targets(data, "")
     data.pop("pretrain", None)
     spec, tcfg = parse_spec(model), parse_train_config(data)
@@ -124,22 +150,26 @@ def parse_config(cfg: DictConfig, task_overrides: list[str]):
     return spec, tcfg
 
 
-def precheck(overrides: list[str]) -> None:
-    """Compose and validate a single run's config before Hydra starts it."""
+def _compose_train(plain: list[str]) -> DictConfig:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    plain = [o for o in overrides if not o.startswith("-")]
     try:
         with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=plain, return_hydra_config=True)
+            return compose(config_name="train", overrides=plain, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise SpecError(hydra_line(str(e))) from None
     except RecursionError:  # a recipe whose defaults reach itself
         raise SpecError(
             "defaults: a recipe includes itself (directly or through another), allowed: a tree"
         ) from None
+
+
+def precheck(overrides: list[str]) -> None:
+    """Compose and validate a single run's config before Hydra starts it."""
+    plain = [o for o in overrides if not o.startswith("-")]
+    cfg = _compose_train(plain)
     from train.loop import cheap_checks, planned_run_dir
 
     run_dir = planned_run_dir(cfg)  # checked for room and permission before Hydra creates it
@@ -149,6 +179,41 @@ def precheck(overrides: list[str]) -> None:
         from train.finetune.app import check_chained
 
         check_chained(tcfg.finetune)
+
+
+def precheck_swaps(overrides: list[str]) -> None:
+    """``-m``: before Hydra starts a job, every block a ``model/<slot>=a,b`` sweep on the
+    command line names must apply to the recipe (the other sweeps at their first value), so
+    an arm that would silently be the base, or fail to compose, is one line and no run dir."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    plain = [o for o in overrides if not o.startswith("-")]
+    parsed = OverridesParser.create().parse_overrides(plain)
+
+    def values(ov) -> list[str] | None:
+        if not ov.is_sweep_override():
+            return None
+        try:
+            return [str(v) for v in ov.sweep_string_iterator()]
+        except (HydraException, TypeError, ValueError):  # e.g. glob(): its options are Hydra's
+            return None
+
+    sweeps = [(text, ov.get_key_element(), values(ov)) for text, ov in zip(plain, parsed, strict=True)]
+    first = [f"{key}={vals[0]}" if vals else text for text, key, vals in sweeps]
+    for i, (_, key, vals) in enumerate(sweeps):
+        if not vals or not key.lstrip("+").startswith("model/"):
+            continue
+        for v in vals:
+            one = [*first[:i], f"{key}={v}", *first[i + 1 :]]
+            cfg = _compose_train(one)
+            try:
+                data = OmegaConf.to_container(cfg.model, resolve=True)
+            except OmegaConfBaseException:
+                continue  # the job reports it (one line and a FAILED file)
+            swaps, explicit = model_overrides([o for o in one if not o.startswith("hydra.")])
+            finish_model_config(data, explicit, swaps)
 
 
 def hydra_line(msg: str) -> str:
@@ -167,8 +232,13 @@ def main(args: list[str]) -> int:
     try:
         helpish = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args)
         try:
+            prepare()  # plugins and the slot options, before anything is composed (--help too)
             overrides = prepare_overrides(args, tmp)
-            if not helpish and not any(a in ("-m", "--multirun") for a in args):
+            if helpish:
+                pass
+            elif any(a in ("-m", "--multirun") for a in args):
+                precheck_swaps(overrides)
+            else:
                 precheck(overrides)
         except SpecError as e:
             for line in e.lines:

@@ -15,19 +15,31 @@ import yaml
 from registry.errors import SpecError
 
 
+def _plain(value):
+    """A default as plain data (another slot's entry, e.g. the MLP's activation, as a mapping)."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
 def _cmd_blocks(args) -> None:
     from registry import REGISTRY
-    from registry.spec import EncoderSpec  # noqa: F401  (imports every block)
+    from registry.core import BUILTIN
+    from registry.schema import param_docs, spec_key_docs
 
     rows = []
     for e in REGISTRY:
         params = {}
+        docs = param_docs(e)
         for name, f in e.params.model_fields.items():
             if name == "kind":
                 continue
             params[name] = {
-                "default": e.defaults()[name],
+                "default": _plain(e.defaults()[name]),
                 "type": getattr(f.annotation, "__name__", str(f.annotation)),
+                "doc": docs[name],
             }
         rows.append(
             {
@@ -35,6 +47,7 @@ def _cmd_blocks(args) -> None:
                 "name": e.name,
                 "params": params,
                 "doc": e.doc,
+                "source": e.source,
                 "provides": sorted(e.provides),
                 "requires": [{"slot": r.slot, "any_of": list(r.any_of), "why": r.why} for r in e.requires],
             }
@@ -51,9 +64,34 @@ def _cmd_blocks(args) -> None:
         print(f"  {r['name']:<15} {r['doc']}")
         if ps:
             print(f"  {'':<15} params: {ps}")
+            for k, v in r["params"].items():
+                print(f"  {'':<15}   {k}: {v['doc']}")
         if r["requires"]:
             needs = "; ".join(f"{q['slot']} with {' or '.join(q['any_of'])}" for q in r["requires"])
             print(f"  {'':<15} needs: {needs}")
+        if r["source"] != BUILTIN:
+            print(f"  {'':<15} from: {r['source']} (plugin)")
+    print("\nkeys (outside the blocks; set with model.<key>=<value>; `bertsmith schema` for editors)")
+    for key, doc in spec_key_docs().items():
+        print(f"  {key:<17} {doc}")
+
+
+def _cmd_schema(args) -> None:
+    from registry.schema import recipe_schema
+
+    text = json.dumps(recipe_schema(), indent=2, ensure_ascii=False) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+        return
+    from pathlib import Path
+
+    from registry.io import atomic_write
+
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise SpecError(f"--out: given {str(out)!r}, allowed: a file path (it is a directory)")
+    atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
+    print(f"wrote {out}")
 
 
 def _cmd_inspect(args) -> None:
@@ -163,11 +201,25 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "blocks",
-        help="list every registered block with its params and doc",
-        description="List every registry entry: slot, name, params with defaults, doc.",
+        help="list every registered block with its params and doc, and the spec's other keys",
+        description="List every registry entry: slot, name, params with defaults and meaning, doc, "
+        "what it needs, and the plugin it comes from (built-ins say nothing); then the spec's keys "
+        "outside the blocks (d_model, bias.*, dropout.*, ...) with their meaning. Plugins: the "
+        "entry-point group bertsmith.blocks and BERTSMITH_PLUGINS=mod1,mod2.",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(fn=_cmd_blocks)
+
+    p = sub.add_parser(
+        "schema",
+        help="JSON Schema of a model recipe, for editors (completion, hover docs, checks)",
+        description="Write a JSON Schema (draft 2020-12) of a model recipe, generated from the spec "
+        "and the registry, plugin blocks included: every key with a one-line meaning. Point your "
+        "editor at it, e.g. a first line '# yaml-language-server: $schema=recipe.schema.json' "
+        "in a recipe (VS Code's YAML extension).",
+    )
+    p.add_argument("--out", default=None, help="write to this file instead of stdout")
+    p.set_defaults(fn=_cmd_schema)
 
     p = sub.add_parser(
         "inspect",
@@ -285,6 +337,9 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+_NO_RECIPES = ("compare",)  # commands that read no recipe, spec or block
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":  # a Hydra app: its arguments are overrides, not flags
@@ -297,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
         return finetune_main(argv[1:])
     args = parser().parse_args(argv)
     try:
+        if args.command not in _NO_RECIPES:
+            from registry.composer import prepare
+
+            prepare()  # plugins, and the slot options every recipe composes from
         args.fn(args)
     except SpecError as e:
         for line in e.lines:

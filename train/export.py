@@ -39,6 +39,7 @@ import torch
 import yaml
 
 import registry
+from registry.core import REGISTRY, SLOT_KEYS
 from registry.errors import SpecError
 from registry.io import atomic_write, spec_to_yaml
 from registry.spec import spec_dict
@@ -94,7 +95,15 @@ def _fresh_output(out: Path, is_dir: bool) -> None:
 # --- recipe ------------------------------------------------------------------------------------
 
 
-RECIPE_SLOTS = ("positional", "attention", "kernel", "mlp", "activation", "norm", "head", "init")
+def _hf_act(params) -> str:
+    """The transformers name for an activation entry with its default settings (anything else,
+    e.g. relu with power 3, has no name there: gelu is written and the round trip shows the
+    difference)."""
+    if params is None:
+        return "gelu"
+    dump = params.model_dump() if hasattr(params, "model_dump") else {"kind": params}
+    plain = REGISTRY.get("activation", dump["kind"]).params().model_dump()
+    return HF_ACT.get(dump["kind"], "gelu") if dump == plain else "gelu"
 
 
 def recipe_text(spec, origin: str) -> str:
@@ -102,17 +111,13 @@ def recipe_text(spec, origin: str) -> str:
     only names each slot's block, ``_self_`` first, so that command-line slot swaps
     (``model/positional=alibi``) and ``pretrain=bert`` (which swaps the head) apply to it as
     to a family recipe; the values below need nothing from it."""
-    from registry.composer import RECIPES
-
-    chosen = {
-        slot: getattr(getattr(spec, slot), "kind", None) for slot in RECIPE_SLOTS if slot != "activation"
-    }
-    chosen["activation"] = spec.mlp.activation
-    groups = [
-        f"  - {slot}: {name}\n"
-        for slot in RECIPE_SLOTS
-        if (name := chosen[slot]) is not None and (RECIPES / "model" / slot / f"{name}.yaml").is_file()
-    ]
+    groups = []
+    for slot, key in SLOT_KEYS.items():
+        node = spec
+        for part in key.split("."):
+            node = getattr(node, part, None)
+        if node is not None and node.kind in REGISTRY.entries[slot]:
+            groups.append(f"  - {slot}: {node.kind}\n")
     return (
         f"# {spec.name}: exported by `bertsmith export` from {origin}\n"
         "# Every slot and size is stated: use it as `bertsmith train model=<this file>`, with\n"
@@ -184,7 +189,7 @@ def hf_config(family: str, spec, specials: dict[str, int] | None = None) -> dict
     specials = specials or {}
     p, b, d = spec.positional, spec.bias, spec.dropout
     head = spec.head
-    act = HF_ACT.get(spec.mlp.activation, "gelu")
+    act = _hf_act(spec.mlp.activation)
     tied = bool(head.tied) if head is not None and hasattr(head, "tied") else True
     common = dict(
         architectures=[architecture(family, spec)],
@@ -230,7 +235,7 @@ def hf_config(family: str, spec, specials: dict[str, int] | None = None) -> dict
         window = next((w for w in plan if w is not None), getattr(spec.attention, "window", 128))
         theta = p.theta if p.kind == "rope" else 160000.0
         local = (p.local_theta or p.theta) if p.kind == "rope" else 10000.0
-        head_act = HF_ACT.get(getattr(head, "activation", "gelu"), "gelu")
+        head_act = _hf_act(getattr(head, "activation", None))
         extra = dict(
             hidden_activation=act,
             max_position_embeddings=spec.max_seq_len,
@@ -284,7 +289,13 @@ def _essence(spec) -> dict:
 
 
 def _short(value) -> str:
-    return repr(value.get("kind", value) if isinstance(value, dict) else value)
+    """An entry as its name (``'gelu'``), with its settings when it has any (``relu(power=2)``)."""
+    if not isinstance(value, dict) or "kind" not in value:
+        return repr(value)
+    rest = {k: v for k, v in value.items() if k != "kind"}
+    if not rest:
+        return repr(value["kind"])
+    return f"{value['kind']}({', '.join(f'{k}={v!r}' for k, v in rest.items())})"
 
 
 def _differences(ours: dict, theirs: dict, who: str) -> list[str]:
@@ -297,9 +308,10 @@ def _differences(ours: dict, theirs: dict, who: str) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict) and a.get("kind") == b.get("kind"):
             for sub in [*a, *(k for k in b if k not in a)]:
                 if a.get(sub) != b.get(sub):
-                    lines.append(f"{key}.{sub} is {a.get(sub)!r}, {who} has {b.get(sub)!r}")
-        else:
-            lines.append(f"{key} is {_short(a)}, {who} has {_short(b)}")
+                    lines.append(f"{key}.{sub} is {_short(a.get(sub))}, {who} has {_short(b.get(sub))}")
+        else:  # another entry: its name says enough
+            name = lambda v: repr(v["kind"]) if isinstance(v, dict) and "kind" in v else _short(v)  # noqa: E731
+            lines.append(f"{key} is {name(a)}, {who} has {name(b)}")
     return lines
 
 

@@ -144,11 +144,11 @@ def _modernbert_spec(cfg, name: str, head: str | None) -> dict:
         norm={
             "kind": "layernorm",
             "eps": cfg.norm_eps,
-            "placement": "pre",
             "embedding": True,
             "final": True,
             "skip_first": True,
         },
+        placement={"kind": "pre"},
         bias={
             "qkv": cfg.attention_bias,
             "attn_out": cfg.attention_bias,
@@ -258,10 +258,10 @@ def _bert_body(cfg, name: str, act: str, max_seq_len: int, positional: dict) -> 
         norm={
             "kind": "layernorm",
             "eps": cfg.layer_norm_eps,
-            "placement": "post",
             "embedding": True,
             "final": False,
         },
+        placement={"kind": "post"},
         dropout={
             "embedding": p_hidden,
             "attention": cfg.attention_probs_dropout_prob,

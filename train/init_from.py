@@ -20,7 +20,12 @@ import registry
 from registry.errors import SpecError
 from train.config import TokenizerConfig
 
-PRETRAINING_HEADS = ("mlm", "nsp", "emd")
+
+def pretraining_head(nsp: bool):
+    """The first registered head that provides what the objective needs (``masked_lm``, and
+    ``next_sentence`` for next-sentence prediction)."""
+    need = {"masked_lm", "next_sentence"} if nsp else {"masked_lm"}
+    return next(e for e in registry.REGISTRY.entries["head"].values() if need <= e.provides)
 
 
 def _source(tcfg) -> tuple[Path, str]:
@@ -44,12 +49,12 @@ def _source(tcfg) -> tuple[Path, str]:
 def _with_head(spec, tcfg):
     """The spec with a head the pre-training objective can use."""
     if spec.head is None:
-        kind = "nsp" if tcfg.objective.nsp else "mlm"
-        return spec.model_copy(update={"head": registry.REGISTRY.get("head", kind).params()})
-    if spec.head.kind not in PRETRAINING_HEADS:
+        return spec.model_copy(update={"head": pretraining_head(tcfg.objective.nsp).params()})
+    if "masked_lm" not in registry.REGISTRY.get("head", spec.head.kind).provides:
+        able = [e.name for e in registry.REGISTRY.entries["head"].values() if "masked_lm" in e.provides]
         raise SpecError(
             f"init_from: given a model with a {spec.head.kind!r} head, allowed: a model with an MLM "
-            f"head ({', '.join(PRETRAINING_HEADS)}) or none"
+            f"head ({', '.join(able)}) or none"
         )
     return spec
 

@@ -208,8 +208,12 @@ def cheap_checks(spec, tcfg, run_dir: Path | None = None) -> None:
             f"data.seq_len: given {tcfg.data.seq_len}, allowed: at most model.max_seq_len="
             f"{spec.max_seq_len} (positional {entry.name!r} has that many positions)"
         )
-    if tcfg.objective.nsp and (spec.head is None or spec.head.kind != "nsp"):
-        raise SpecError("objective.nsp: given true, allowed: false unless the head is nsp (model/head=nsp)")
+    heads = registry.REGISTRY.entries["head"]
+    if tcfg.objective.nsp and (spec.head is None or "next_sentence" not in heads[spec.head.kind].provides):
+        able = "|".join(e.name for e in heads.values() if "next_sentence" in e.provides)
+        raise SpecError(
+            f"objective.nsp: given true, allowed: false unless the head provides next_sentence (model/head={able})"
+        )
     if tcfg.objective.nsp and spec.type_vocab_size < 2:
         raise SpecError(
             f"model.type_vocab_size: given {spec.type_vocab_size}, allowed: at least 2 for NSP segments"
@@ -282,7 +286,7 @@ def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = Non
             **tcfg.model_dump(mode="json"),
             **{k: v for k, v in resolved.items() if k not in ("model", "hydra", *tcfg.model_fields)},
         }
-        atomic_write(run_dir / "spec.yaml", lambda p: p.write_text(registry.io.spec_to_yaml(spec)))
+        atomic_write(run_dir / "spec.yaml", lambda p: p.write_text(registry.io.spec_file_text(spec)))
         atomic_write(
             run_dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=False))
         )

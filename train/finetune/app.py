@@ -179,6 +179,9 @@ def main(args: list[str]) -> int:
     """Entry point of ``bertsmith finetune``; returns the exit code."""
     helpish = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args)
     try:
+        from registry.composer import prepare
+
+        prepare()  # plugins (init_from may use their blocks) and the slot options
         overrides = prepare_overrides(args)
         if not helpish and not any(a in ("-m", "--multirun") for a in args):
             overrides = precheck(overrides)
@@ -192,7 +195,9 @@ def main(args: list[str]) -> int:
 def _finetune_job(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
+    from registry.composer import prepare
     from train.finetune.run import finetune
 
+    prepare()  # a job in another process (a launcher's) loads the plugins too
     out = Path(HydraConfig.get().runtime.output_dir)
     return finetune(parse_config(cfg), out, OmegaConf.to_container(cfg, resolve=True), started=time.time())

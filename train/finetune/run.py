@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 import registry
 from registry.errors import SpecError
-from registry.io import atomic_write, spec_to_yaml
+from registry.io import atomic_write, spec_file_text
 from registry.spec import spec_dict
 from train.callbacks import AtomicCheckpointIO, StepProgressBar
 from train.data import StepSampler
@@ -113,7 +113,7 @@ def finetune_one(cfg, source: Path, kind: str, examples, run_dir: Path, resolved
         "labels": {"num_labels": num_labels, "names": names},
         "model": spec_dict(model.spec),
     }
-    atomic_write(run_dir / "spec.yaml", lambda p: p.write_text(spec_to_yaml(model.spec)))
+    atomic_write(run_dir / "spec.yaml", lambda p: p.write_text(spec_file_text(model.spec)))
     atomic_write(run_dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=False)))
     atomic_write(run_dir / "tokenizer.json", lambda p: tok.save(p))
 

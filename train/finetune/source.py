@@ -83,15 +83,21 @@ def load_source(d: Path, kind: str, tokenizer: str | None):
     return model, tok, path
 
 
+# what a fine-tuning task needs its head to provide
+TASK_NEEDS = {
+    "classification": "sequence_labels",
+    "regression": "sequence_labels",
+    "token_classification": "token_labels",
+}
+
+
 def head_params(task, num_labels: int):
-    """The registry head for ``task``: ``classification`` or ``token_classification``."""
-    if task.kind == "token_classification":
-        return registry.REGISTRY.get("head", "token_classification").params(
-            num_labels=num_labels, dropout=task.dropout
-        )
-    return registry.REGISTRY.get("head", "classification").params(
-        num_labels=num_labels, pooling=task.pooling, dropout=task.dropout
-    )
+    """The first registered head that provides what ``task`` needs (labels per sequence or per
+    token), with the task's settings that head takes."""
+    need = TASK_NEEDS[task.kind]
+    entry = next(e for e in registry.REGISTRY.entries["head"].values() if need in e.provides)
+    settings = {"num_labels": num_labels, "pooling": task.pooling, "dropout": task.dropout}
+    return entry.params(**{k: v for k, v in settings.items() if k in entry.params.model_fields})
 
 
 def with_new_head(loaded, task, num_labels: int):

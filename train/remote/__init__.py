@@ -25,40 +25,36 @@ from importlib import import_module
 from pathlib import Path
 
 import registry
+from registry.core import BUILTIN
 from registry.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[2]
 FILE = "modeling_bertsmith.py"
 # the order a reader meets the blocks in the generated file (dependencies still come first)
-READING_ORDER = [f"blocks.{m}" for m in ("stream", "kernel", "positional", "attention", "encoder")]
-READING_ORDER += [f"blocks.{m}" for m in ("mlp", "activation", "norm", "head")]
+READING_ORDER = [f"blocks.{m}" for m in ("stream", "roles", "kernel", "positional", "attention", "encoder")]
+READING_ORDER += [f"blocks.{m}" for m in ("mlp", "activation", "norm", "placement", "head")]
 OWN_PACKAGES = ("blocks", "registry", "train", "pydantic")  # imports dropped from copied sources
 ALLOWED_IMPORTS = {"torch", "transformers", *sys.stdlib_module_names}
-# heads by the transformers class that carries them (auto_map name, class in modeling.py)
+# the transformers class that carries a head, by what the head provides (auto_map name,
+# class in modeling.py); a head that provides ``next_sentence`` also serves AutoModelForPreTraining
 HEAD_CLASSES = {
-    "mlm": ("AutoModelForMaskedLM", "BertsmithForMaskedLM"),
-    "nsp": ("AutoModelForMaskedLM", "BertsmithForMaskedLM"),
-    "emd": ("AutoModelForMaskedLM", "BertsmithForMaskedLM"),
-    "classification": ("AutoModelForSequenceClassification", "BertsmithForSequenceClassification"),
+    "masked_lm": ("AutoModelForMaskedLM", "BertsmithForMaskedLM"),
+    "sequence_labels": ("AutoModelForSequenceClassification", "BertsmithForSequenceClassification"),
 }
+
+
+def head_class(spec) -> tuple[str, str] | None:
+    """(auto_map name, class) for the spec's head, or None if no remote-code class carries it."""
+    provides = registry.REGISTRY.get("head", spec.head.kind).provides
+    return next((cls for cap, cls in HEAD_CLASSES.items() if cap in provides), None)
 
 
 def chosen_entries(spec) -> list[tuple[str, str, str]]:
     """(spec key, slot, entry name) of every block the model is built from (``init`` is not:
     exported weights are loaded, never initialised)."""
-    out = [
-        (f"model.{slot}", slot, getattr(spec, slot).kind) for slot in ("positional", "attention", "kernel")
-    ]
-    out += [
-        ("model.mlp", "mlp", spec.mlp.kind),
-        ("model.mlp.activation", "activation", spec.mlp.activation),
-        ("model.norm", "norm", spec.norm.kind),
-    ]
-    if spec.head is not None:
-        out.append(("model.head", "head", spec.head.kind))
-        if hasattr(spec.head, "activation"):
-            out.append(("model.head.activation", "activation", spec.head.activation))
-    return out
+    from registry.rules import chosen_entries as chosen
+
+    return [(key, entry.slot, entry.name) for key, entry, _ in chosen(spec) if entry.slot != "init"]
 
 
 def _module_of(slot: str, name: str) -> str:
@@ -94,26 +90,63 @@ def _foreign(path: Path) -> list[str]:
     return sorted(imported - ALLOWED_IMPORTS - set(OWN_PACKAGES) - {"__future__"})
 
 
+# what a plugin's module may import of bertsmith and still be copied: the block API
+PLUGIN_API = ("registry.core", "registry.errors", "pydantic", "blocks")
+
+
+def _plugin_problem(module: str) -> str | None:
+    """Why a plugin's module cannot be copied into a remote-code file, or None if it can: a
+    single-file module that imports only torch, the standard library and bertsmith's block
+    API (``registry.core``, ``registry.errors``, ``blocks.*``)."""
+    path = _path_of(module)
+    if path.name == "__init__.py":
+        return "a package (only a single-file module can be copied)"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    own = {
+        n.module
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom)
+        and n.level == 0
+        and n.module
+        and n.module.split(".")[0] in OWN_PACKAGES
+    }
+    beyond = sorted(m for m in own if not m.startswith(PLUGIN_API))
+    if beyond:
+        return f"imports {', '.join(beyond)} (beyond the block API: registry.core, registry.errors, blocks)"
+    if extra := _foreign(path):
+        return (
+            f"imports {', '.join(extra)} (a remote-code export must load with torch and transformers alone)"
+        )
+    return None
+
+
 def refusals(spec) -> list[str]:
     """One line per slot whose block cannot be copied into a remote-code file."""
     lines = []
     for key, slot, name in chosen_entries(spec):
         module = _module_of(slot, name)
-        if module.split(".")[0] != "blocks":
+        plugin = registry.REGISTRY.get(slot, name).source != BUILTIN
+        if plugin and (why := _plugin_problem(module)):
+            lines.append(
+                f"{key}: given {name!r}, a block of plugin {module!r}, which {why}; allowed: a plugin "
+                "module that needs only torch and bertsmith's block API, or a native family"
+            )
+        elif not plugin and module.split(".")[0] != "blocks":
             lines.append(
                 f"{key}: given {name!r}, a block registered by module {module!r} outside bertsmith's "
                 "blocks/ package; allowed: blocks from blocks/ (a remote-code export copies only their source)"
             )
-        elif extra := _foreign(_path_of(module)):
+        elif not plugin and (extra := _foreign(_path_of(module))):
             lines.append(
                 f"{key}: given {name!r}, whose source {module.replace('.', '/')}.py imports "
                 f"{', '.join(extra)}; allowed: blocks that need only torch (a remote-code export "
                 "must load with torch and transformers alone)"
             )
-    if spec.head is not None and spec.head.kind not in HEAD_CLASSES:
+    if spec.head is not None and head_class(spec) is None:
+        able = [e.name for e in registry.REGISTRY.entries["head"].values() if e.provides & set(HEAD_CLASSES)]
         lines.append(
             f"model.head: given {spec.head.kind!r}, which no remote-code class carries; "
-            f"allowed: {', '.join(HEAD_CLASSES)} or none"
+            f"allowed: {', '.join(able)} or none"
         )
     return lines
 
@@ -191,6 +224,14 @@ def _version() -> str:
         return "unknown"
 
 
+def _shown(path: Path) -> str:
+    """A section's name: its path in this repository, or ``plugin <file>`` for a plugin's."""
+    try:
+        return path.relative_to(ROOT).as_posix()
+    except ValueError:
+        return f"plugin {path.name}"
+
+
 def modeling_source(spec) -> str:
     """The self-contained ``modeling_bertsmith.py`` for ``spec`` (``SpecError`` naming the
     slot when a block cannot be copied)."""
@@ -209,10 +250,10 @@ def modeling_source(spec) -> str:
         for name in _defined(ast.parse(body)):
             if name in owner:  # a bug in bertsmith's sources, not a user mistake
                 raise RuntimeError(f"remote code: {name!r} is defined in both {owner[name]} and {path.name}")
-            owner[name] = path.relative_to(ROOT).as_posix()
-        rel = path.relative_to(ROOT).as_posix()
+            owner[name] = _shown(path)
+        rel = _shown(path)
         sections.append(f"# {'-' * 20} {rel} {'-' * max(4, 70 - len(rel))}\n\n{body.strip()}\n")
-    listing = "\n".join(f"    {path.relative_to(ROOT).as_posix()}" for path in files)
+    listing = "\n".join(f"    {_shown(path)}" for path in files)
     header = (
         f'"""bertsmith remote code for {spec.name!r}, generated by `bertsmith export` '
         f"(bertsmith {_version()}).\n\n"
@@ -241,8 +282,8 @@ def classes(spec) -> tuple[str, dict[str, str]]:
     auto = {"AutoConfig": f"{module}.BertsmithConfig", "AutoModel": f"{module}.BertsmithModel"}
     arch = "BertsmithModel"
     if spec.head is not None:
-        auto_name, arch = HEAD_CLASSES[spec.head.kind]
+        auto_name, arch = head_class(spec)
         auto[auto_name] = f"{module}.{arch}"
-        if spec.head.kind == "nsp":
+        if "next_sentence" in registry.REGISTRY.get("head", spec.head.kind).provides:
             auto["AutoModelForPreTraining"] = f"{module}.{arch}"
     return arch, auto

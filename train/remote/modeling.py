@@ -79,7 +79,7 @@ class BertsmithConfig(PretrainedConfig):
             head = spec.get("head") or {}
             kwargs.setdefault("pad_token_id", spec["pad_token_id"])
             kwargs.setdefault("tie_word_embeddings", bool(head.get("tied", False)))
-            if head.get("kind") == "classification":
+            if "num_labels" in head:
                 kwargs.setdefault("num_labels", head["num_labels"])
         super().__init__(**kwargs)
 

@@ -28,8 +28,24 @@ class Requirement:
         pass
 
 
+class SlotRef:
+    """Marks a params field holding another slot's entry (resolved in bertsmith)."""
+
+    def __init__(self, *_, **__):
+        pass
+
+
+def load_plugins():
+    """Plugin blocks a remote-code file needs are copied into it: nothing to load."""
+    return []
+
+
 class SpecError(Exception):
     """A spec the blocks cannot build."""
+
+
+def problem(key, given, allowed) -> str:
+    return f"{key}: given {given!r}, allowed: {allowed}"
 
 
 def choice(key, given, allowed) -> str:
@@ -55,11 +71,15 @@ class Registry:
     def names(self, slot):
         return list(self.entries.get(slot, {}))
 
+    def resolve(self, slot, name):
+        """Specs in config.json name entries, never aliases."""
+        return name, {}
+
 
 REGISTRY = Registry()
 
 
-def register(slot, name, params=Params, provides=(), requires=()):
+def register(slot, name, params=Params, provides=(), requires=(), check=None, aliases=None):
     """Make ``obj`` the ``slot`` entry called ``name``."""
 
     def deco(obj):
