@@ -12,10 +12,9 @@ keep a gain of 1. ``alpha``/``beta`` override the formulas.
 
 from __future__ import annotations
 
+from bertsmith.blocks.placement import Placement
+from bertsmith.registry.core import Params, register
 from pydantic import Field
-
-from blocks.placement import Placement
-from registry.core import Params, register
 
 
 class DeepNormParams(Params):

@@ -15,10 +15,9 @@ Forward, top to bottom::
 from __future__ import annotations
 
 import torch
+from bertsmith.blocks.roles import tag_embedding
+from bertsmith.blocks.stream import Stream, repad, stream_from_cu_seqlens, unpad
 from torch import Tensor, nn
-
-from blocks.roles import tag_embedding
-from blocks.stream import Stream, repad, stream_from_cu_seqlens, unpad
 
 
 class EncoderOutput:

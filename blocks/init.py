@@ -14,11 +14,10 @@ import math
 from collections.abc import Callable
 
 import torch
+from bertsmith.blocks.roles import tagged
+from bertsmith.registry.core import Params, register
 from pydantic import Field
 from torch import nn
-
-from blocks.roles import tagged
-from registry.core import Params, register
 
 
 class InitParams(Params):

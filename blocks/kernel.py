@@ -21,10 +21,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from bertsmith.blocks.band import band_attention, band_cost, padded_cost, split_attention
+from bertsmith.registry.core import Params, register
 from torch import Tensor
-
-from blocks.band import band_attention, band_cost, padded_cost, split_attention
-from registry.core import Params, register
 
 
 def batch_mask(stream, window: int | None) -> Tensor | None:

@@ -22,9 +22,8 @@ import importlib.util
 import warnings
 
 import torch
+from bertsmith.registry.core import register
 from torch import Tensor
-
-from registry.core import register
 
 
 class CudaKernel:

@@ -9,11 +9,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import torch
+from bertsmith.blocks.roles import tag_linear
+from bertsmith.registry.core import Params, SlotRef, register
 from pydantic import Field
 from torch import nn
-
-from blocks.roles import tag_linear
-from registry.core import Params, SlotRef, register
 
 
 class MlpParams(Params):

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from bertsmith.registry.core import Params, register
 from pydantic import Field
 from torch import nn
-
-from registry.core import Params, register
 
 
 class NormParams(Params):

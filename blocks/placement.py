@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bertsmith.registry.core import register
 from torch import Tensor, nn
-
-from registry.core import register
 
 Sublayer = Callable[[Tensor, Tensor], Tensor]
 SITES = ("attn", "mlp")

@@ -21,12 +21,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from bertsmith.blocks.roles import tag, tag_embedding, tag_linear
+from bertsmith.registry.core import Params, Requirement, register
+from bertsmith.registry.errors import problem
 from pydantic import Field, field_validator
 from torch import Tensor, nn
-
-from blocks.roles import tag, tag_embedding, tag_linear
-from registry.core import Params, Requirement, register
-from registry.errors import problem
 
 
 class PositionContext:

@@ -10,8 +10,8 @@ growing with depth in pre-norm models. Layers hold ``attn_norm``, ``attn_post_no
 
 from __future__ import annotations
 
-from blocks.placement import SITES, Placement
-from registry.core import register
+from bertsmith.blocks.placement import SITES, Placement
+from bertsmith.registry.core import register
 
 
 @register("placement", "sandwich", provides={"skip_first"})

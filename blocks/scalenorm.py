@@ -8,10 +8,9 @@ from __future__ import annotations
 import math
 
 import torch
+from bertsmith.blocks.norm import NormParams
+from bertsmith.registry.core import register
 from torch import nn
-
-from blocks.norm import NormParams
-from registry.core import register
 
 
 @register("norm", "scalenorm", params=NormParams)

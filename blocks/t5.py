@@ -21,12 +21,11 @@ from __future__ import annotations
 import math
 
 import torch
+from bertsmith.blocks.positional import PositionalScheme, PositionContext
+from bertsmith.blocks.roles import tag_embedding
+from bertsmith.registry.core import Params, Requirement, register
 from pydantic import Field
 from torch import Tensor, nn
-
-from blocks.positional import PositionalScheme, PositionContext
-from blocks.roles import tag_embedding
-from registry.core import Params, Requirement, register
 
 
 class T5Params(Params):

@@ -14,22 +14,22 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from registry.core import REGISTRY, Params, Requirement, register
-from registry.errors import SpecError
+from bertsmith.registry.core import REGISTRY, Params, Requirement, register
+from bertsmith.registry.errors import SpecError
 
 _LAZY = {
-    "EncoderSpec": "registry.spec",
-    "parse_spec": "registry.spec",
-    "compose": "registry.composer",
-    "build": "registry.builder",
-    "layer_plan": "registry.builder",
-    "save": "registry.io",
-    "load": "registry.io",
-    "load_spec": "registry.io",
-    "check": "registry.ladder",
-    "validate": "registry.ladder",
-    "problems": "registry.rules",
-    "cost": "registry.costs",
+    "EncoderSpec": "bertsmith.registry.spec",
+    "parse_spec": "bertsmith.registry.spec",
+    "compose": "bertsmith.registry.composer",
+    "build": "bertsmith.registry.builder",
+    "layer_plan": "bertsmith.registry.builder",
+    "save": "bertsmith.registry.io",
+    "load": "bertsmith.registry.io",
+    "load_spec": "bertsmith.registry.io",
+    "check": "bertsmith.registry.ladder",
+    "validate": "bertsmith.registry.ladder",
+    "problems": "bertsmith.registry.rules",
+    "cost": "bertsmith.registry.costs",
 }
 
 __all__ = ["REGISTRY", "Params", "Requirement", "SpecError", "register", *_LAZY]
@@ -41,4 +41,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'registry' has no attribute {name!r}")
 
 
-import blocks  # noqa: E402,F401  (fills REGISTRY; blocks import registry.core, defined above)
+from bertsmith import blocks  # noqa: E402,F401  (fills REGISTRY; blocks import registry.core, defined above)

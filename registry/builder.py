@@ -10,13 +10,12 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from bertsmith.blocks.attention import SelfAttention
+from bertsmith.blocks.encoder import Embeddings, Encoder, EncoderLayer, EncoderModel
+from bertsmith.registry.core import REGISTRY, Entry
+from bertsmith.registry.errors import SpecError
+from bertsmith.registry.plugins import load_plugins
 from torch import nn
-
-from blocks.attention import SelfAttention
-from blocks.encoder import Embeddings, Encoder, EncoderLayer, EncoderModel
-from registry.core import REGISTRY, Entry
-from registry.errors import SpecError
-from registry.plugins import load_plugins
 
 # norm params that place norms in the encoder (read here), not settings of the norm module
 NORM_LAYOUT = {"embedding": True, "final": True, "skip_first": False}
@@ -66,7 +65,7 @@ def _head_params(spec, head: str | None):
     if spec.head is not None and spec.head.kind == head:
         return spec.head
     if head not in REGISTRY.entries["head"]:
-        from registry.errors import choice
+        from bertsmith.registry.errors import choice
 
         raise SpecError(choice("head", head, [*REGISTRY.names("head"), "none"]))
     return REGISTRY.get("head", head).params()

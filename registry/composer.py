@@ -33,11 +33,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+from bertsmith.registry.core import REGISTRY, SLOT_KEYS, SLOTS
+from bertsmith.registry.errors import SpecError, choice, nearest, shown, unusual_characters
+from bertsmith.registry.spec import parse_spec
 from omegaconf import DictConfig, OmegaConf
-
-from registry.core import REGISTRY, SLOT_KEYS, SLOTS
-from registry.errors import SpecError, choice, nearest, shown, unusual_characters
-from registry.spec import parse_spec
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -110,7 +109,7 @@ def _in_store() -> bool:
 
 def prepare() -> None:
     """Before any recipe is composed: load plugins, then generate the slot options."""
-    from registry.plugins import load_plugins
+    from bertsmith.registry.plugins import load_plugins
 
     load_plugins()
     register_configs()
@@ -448,7 +447,8 @@ def _swap_node(slot: str, name: str) -> dict:
 
 def _spec_default(key: str):
     """The spec's default for a top-level key, as plain data (None if it has none)."""
-    import registry.spec
+
+    from bertsmith import registry
 
     f = registry.spec.EncoderSpec.model_fields.get(key)
     if f is None or f.is_required():
@@ -500,7 +500,7 @@ def apply_swaps(model: dict, swaps: dict[str, str], explicit: set[str] = frozens
 
 def _slot_nodes(model: dict) -> list[tuple[str, str, dict]]:
     """(key, slot, node) of every block mapping in ``model`` whose kind is registered."""
-    from registry.plugins import _get, slot_nodes
+    from bertsmith.registry.plugins import _get, slot_nodes
 
     out = []
     for key, slot, name in slot_nodes(model):
@@ -524,7 +524,8 @@ def _drop_foreign(model: dict, explicit: set[str]) -> None:
 def _misplaced(model: dict) -> list[str]:
     """Lines for settings written where they do not belong but that a block elsewhere takes
     (``theta`` at the top of a recipe, ``power`` in ``mlp`` instead of ``mlp.activation``)."""
-    import registry.spec
+
+    from bertsmith import registry
 
     top = set(registry.spec.EncoderSpec.model_fields)
     where: dict[str, list[str]] = {}

@@ -209,7 +209,7 @@ def __getattr__(name: str):
     unpickled in a DDP or launcher worker): load the plugins, then look again."""
     if name.startswith("__"):
         raise AttributeError(name)
-    from registry.plugins import load_plugins
+    from bertsmith.registry.plugins import load_plugins
 
     load_plugins()
     if name in globals():

@@ -13,11 +13,10 @@ import tempfile
 from pathlib import Path
 
 import yaml
+from bertsmith.registry.errors import SpecError
+from bertsmith.registry.spec import parse_spec, spec_dict
 from safetensors.torch import load_model, save_model
 from torch import nn
-
-from registry.errors import SpecError
-from registry.spec import parse_spec, spec_dict
 
 
 def atomic_write(path: Path, write) -> None:
@@ -43,7 +42,7 @@ def spec_to_yaml(spec) -> str:
 def spec_file_text(spec) -> str:
     """``spec.yaml``: the spec, plus ``plugins:`` (spec key -> module) when a block comes from
     a plugin, so whoever loads the model knows what to install."""
-    from registry.plugins import plugin_sources
+    from bertsmith.registry.plugins import plugin_sources
 
     data = spec_dict(spec)
     if sources := plugin_sources(spec):
@@ -71,8 +70,8 @@ def load_spec(path: str | os.PathLike):
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError):
         raise SpecError(f"spec: given {str(path)!r}, allowed: a valid YAML spec") from None
-    from registry.ladder import check
-    from registry.plugins import load_plugins, missing_plugin_lines
+    from bertsmith.registry.ladder import check
+    from bertsmith.registry.plugins import load_plugins, missing_plugin_lines
 
     load_plugins()
     recorded = data.pop("plugins", None) if isinstance(data, dict) else None
@@ -85,7 +84,7 @@ def load_spec(path: str | os.PathLike):
 
 def load(directory: str | os.PathLike) -> nn.Module:
     """Build the model described by ``directory/spec.yaml`` and load its weights."""
-    from registry.builder import build
+    from bertsmith.registry.builder import build
 
     d = Path(directory)
     spec = load_spec(d / "spec.yaml")

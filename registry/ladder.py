@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-
-from registry.errors import SpecError
-from registry.rules import availability_problems, problems
+from bertsmith.registry.errors import SpecError
+from bertsmith.registry.rules import availability_problems, problems
 
 
 def check(spec, device: str | None = None, training: bool = False, build_meta: bool = True) -> None:
@@ -22,7 +21,7 @@ def check(spec, device: str | None = None, training: bool = False, build_meta: b
     if found:
         raise SpecError(found)
     if build_meta:
-        from registry.builder import build
+        from bertsmith.registry.builder import build
 
         with torch.device("meta"):
             build(spec, init=False)
@@ -30,7 +29,7 @@ def check(spec, device: str | None = None, training: bool = False, build_meta: b
 
 def validate(recipe: str, overrides: list[str] = (), device: str | None = None, training: bool = False):
     """All rungs for a recipe; returns the spec or raises ``SpecError``."""
-    from registry.composer import compose
+    from bertsmith.registry.composer import compose
 
     spec = compose(recipe, overrides)
     check(spec, device=device, training=training)

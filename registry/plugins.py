@@ -31,8 +31,8 @@ import os
 import sys
 from typing import Any
 
-from registry.core import BUILTIN, REGISTRY, SLOT_KEYS, SLOTS, _current_source
-from registry.errors import SpecError, shown
+from bertsmith.registry.core import BUILTIN, REGISTRY, SLOT_KEYS, SLOTS, _current_source
+from bertsmith.registry.errors import SpecError, shown
 
 ENTRY_POINT_GROUP = "bertsmith.blocks"
 ENV = "BERTSMITH_PLUGINS"
@@ -106,17 +106,17 @@ def _import(module: str) -> None:
 def _refresh() -> None:
     """Make everything built from the registry see the new entries: the spec's unions and
     the Hydra options ``model/<slot>=<name>``."""
-    if "registry.spec" in sys.modules:
-        sys.modules["registry.spec"].refresh_spec()
-    if "registry.composer" in sys.modules:
-        sys.modules["registry.composer"].register_configs()
+    if "bertsmith.registry.spec" in sys.modules:
+        sys.modules["bertsmith.registry.spec"].refresh_spec()
+    if "bertsmith.registry.composer" in sys.modules:
+        sys.modules["bertsmith.registry.composer"].register_configs()
 
 
 def load_plugins() -> list[str]:
     """Import every plugin not imported yet (entry points, then ``BERTSMITH_PLUGINS``);
     returns the plugin modules loaded so far. Idempotent; raises ``SpecError`` (one line
     naming the plugin) when one cannot be imported."""
-    import blocks  # noqa: F401  (built-ins first: a plugin may not take their names)
+    from bertsmith import blocks  # noqa: F401  (built-ins first: a plugin may not take their names)
 
     new = False
     todo = plugin_modules()
@@ -187,7 +187,7 @@ def slot_nodes(data: Any) -> list[tuple[str, str, str]]:
 def _ref_fields(params) -> dict[str, str]:
     """Fields of a params model holding another slot's entry (``SlotRef``): name -> slot.
     The spec gives such fields the slot's union in a subclass; the mark stays on the base."""
-    import registry.core as core
+    import bertsmith.registry.core as core
 
     ref_type = getattr(core, "SlotRef", None)
     if ref_type is None:

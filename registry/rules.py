@@ -7,10 +7,10 @@ raises on a bad spec.
 
 from __future__ import annotations
 
-from registry.core import REGISTRY
-from registry.errors import problem
-from registry.spec import REF_FIELDS as _REF_SLOTS
-from registry.spec import SLOT_FIELDS
+from bertsmith.registry.core import REGISTRY
+from bertsmith.registry.errors import problem
+from bertsmith.registry.spec import REF_FIELDS as _REF_SLOTS
+from bertsmith.registry.spec import SLOT_FIELDS
 
 
 def _chosen(spec, slot: str):

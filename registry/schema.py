@@ -21,7 +21,7 @@ import copy
 import re
 from typing import Any
 
-from registry.core import REGISTRY, SLOTS, Entry
+from bertsmith.registry.core import REGISTRY, SLOTS, Entry
 
 # Used only where the spec's own field has no description (the spec's wins).
 _FALLBACK = {
@@ -56,7 +56,8 @@ _TICKS = re.compile(r"``?([^`]+)``?")
 
 
 def _slot_doc(slot: str) -> str:
-    import registry.spec
+
+    from bertsmith import registry
 
     f = registry.spec.EncoderSpec.model_fields.get(slot)
     text = f.description if f is not None and f.description else f"the {slot} entry"
@@ -86,7 +87,7 @@ def _base_fields(params: type) -> dict[str, Any]:
 def param_docs(entry: Entry) -> dict[str, str]:
     """One line per param of ``entry`` (``kind`` left out): the field's description, else the
     clause of the params model's docstring that names it, else the entry's doc."""
-    from registry.plugins import _ref_fields
+    from bertsmith.registry.plugins import _ref_fields
 
     fields = _base_fields(entry.params)
     docs_of = [c for cls in entry.params.__mro__ for c in _doc_clauses(cls.__doc__ or "")][:40]
@@ -113,7 +114,8 @@ def param_docs(entry: Entry) -> dict[str, str]:
 def spec_key_docs() -> dict[str, str]:
     """One line per key of the spec outside the blocks: top-level keys (slots included) and
     the keys of ``bias`` and ``dropout``."""
-    import registry.spec
+
+    from bertsmith import registry
 
     spec = registry.spec.EncoderSpec
     out = {}
@@ -153,7 +155,7 @@ def _strip_titles(node: Any) -> Any:
 
 def _entry_schema(entry: Entry, defs: dict) -> dict:
     """The mapping ``{kind: <entry>, params...}`` of one entry."""
-    from registry.plugins import _ref_fields
+    from bertsmith.registry.plugins import _ref_fields
 
     raw = entry.params.model_json_schema(ref_template="#/$defs/{model}")
     for name, sub in raw.pop("$defs", {}).items():  # a plugin's params may nest models
@@ -202,10 +204,11 @@ def _partial_schema(slot: str, defs: dict) -> dict:
 
 def recipe_schema() -> dict:
     """The JSON Schema (draft 2020-12) of a model recipe, from the registry as loaded now."""
-    from registry.composer import model_names, prepare, slot_options
+    from bertsmith.registry.composer import model_names, prepare, slot_options
 
     prepare()  # plugin blocks are part of the schema
-    import registry.spec
+
+    from bertsmith import registry
 
     spec = registry.spec.EncoderSpec
     base = spec.model_json_schema(ref_template="#/$defs/{model}")

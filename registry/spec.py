@@ -11,6 +11,8 @@ import math
 from dataclasses import replace
 from typing import Annotated, Any, Union
 
+from bertsmith.registry.core import REGISTRY, SLOT_KEYS, SlotRef
+from bertsmith.registry.errors import SpecError, choice, nearest, shown
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -22,9 +24,7 @@ from pydantic import (
     create_model,
 )
 
-import blocks  # noqa: F401  (fills the registry)
-from registry.core import REGISTRY, SLOT_KEYS, SlotRef
-from registry.errors import SpecError, choice, nearest, shown
+from bertsmith import blocks  # noqa: F401  (fills the registry)
 
 
 class _Frozen(BaseModel):
@@ -351,7 +351,7 @@ def __getattr__(name: str):
     plugins yet (a spec unpickled in a DDP worker): load them, then look again."""
     if name.startswith("__"):
         raise AttributeError(name)
-    from registry.plugins import load_plugins
+    from bertsmith.registry.plugins import load_plugins
 
     load_plugins()
     spec_model()

@@ -8,7 +8,7 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "0")
 
 # plugins named by BERTSMITH_PLUGINS or installed entry points take part in the per-entry
 # tests (tests/test_entries.py finds every registered block)
-from registry.plugins import load_plugins  # noqa: E402
+from bertsmith.registry.plugins import load_plugins  # noqa: E402
 
 load_plugins()
 warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-import registry
+from bertsmith import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ def with_kernel(model, kernel: str):
 
 def bertsmith(*args: str, cache: Path, wait: bool = True, timeout: int = 900):
     """Run ``bertsmith ARGS`` in a subprocess with its own tokenizer cache."""
-    cmd = [sys.executable, "-m", "train.cli", *args]
+    cmd = [sys.executable, "-m", "bertsmith.train.cli", *args]
     env = {**os.environ, "BERTSMITH_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

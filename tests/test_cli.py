@@ -12,12 +12,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from bertsmith.registry import REGISTRY
+from bertsmith.registry.spec import spec_dict
+from bertsmith.train.cli import _plain, parser
 
-import blocks  # noqa: F401  (fills REGISTRY, which this module reads at import)
-import registry
-from registry import REGISTRY
-from registry.spec import spec_dict
-from train.cli import _plain, parser
+from bertsmith import (
+    blocks,  # noqa: F401  (fills REGISTRY, which this module reads at import)
+    registry,
+)
 
 SCRIPT = Path(sys.executable).with_name("bertsmith")
 ENTRIES = [(e.slot, e.name) for e in REGISTRY]
@@ -26,7 +28,7 @@ ENTRIES = [(e.slot, e.name) for e in REGISTRY]
 def _subcommands() -> list[str]:
     (sub,) = [a for a in parser()._actions if a.dest == "command"]
     names = list(sub.choices)
-    if importlib.util.find_spec("train.app") is not None:
+    if importlib.util.find_spec("bertsmith.train.app") is not None:
         names.append("train")  # dispatched to the Hydra app before argparse
     return names
 

@@ -5,10 +5,10 @@ import json
 import statistics
 
 import pytest
+from bertsmith.train.callbacks import read_metrics
 from helpers import TINY_TRAIN, bertsmith
 
-import registry
-from train.callbacks import read_metrics
+from bertsmith import registry
 
 TINY = [*TINY_TRAIN, "trainer.max_steps=4", "trainer.val_every=2", "model.n_layers=2"]
 
@@ -76,7 +76,7 @@ def test_runs_of_a_variant_on_different_tokenizers_show_each(grid, tmp_path):
     one variant that trained on different tokenizers are told apart in the column."""
     import shutil
 
-    from train.tokenizer import file_sha256
+    from bertsmith.train.tokenizer import file_sha256
 
     sweep, cache = grid
     copy = tmp_path / "sweep"

@@ -22,8 +22,9 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import registry  # noqa: F401  (fills the registry)
-from registry.core import REGISTRY
+from bertsmith.registry.core import REGISTRY
+
+from bertsmith import registry  # noqa: F401  (fills the registry)
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = [*sorted((ROOT / "registry").glob("*.py")), ROOT / "blocks" / "encoder.py"]

@@ -22,12 +22,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from bertsmith.blocks.positional import log_bucket
+from bertsmith.registry import SpecError
+from bertsmith.train.hf import import_hf
 from helpers import max_diff, with_kernel
 
-import registry
-from blocks.positional import log_bucket
-from registry import SpecError
-from train.hf import import_hf
+from bertsmith import registry
 
 TOL = 1e-5
 LENGTHS = [40, 31, 17, 6, 1]
@@ -249,7 +249,7 @@ def test_import_hf_cli_new_head_layout(imported, tmp_path):
     c = imported("v3-mlm-new-head")
     hf = c.out_dir.parent / "hf"
     run = subprocess.run(
-        [sys.executable, "-m", "train.cli", "import-hf", str(hf), "--out", str(tmp_path / "m")],
+        [sys.executable, "-m", "bertsmith.train.cli", "import-hf", str(hf), "--out", str(tmp_path / "m")],
         capture_output=True,
         text=True,
         timeout=300,
@@ -312,7 +312,7 @@ def test_v3_base_count_equals_transformers_and_inspect():
         ref = transformers.DebertaV2Model(config)
     assert sum(p.numel() for p in ref.parameters()) == V3_PARAMS["deberta-v3-base"]
     run = subprocess.run(
-        [sys.executable, "-m", "train.cli", "inspect", "deberta-v3-base", "--json"],
+        [sys.executable, "-m", "bertsmith.train.cli", "inspect", "deberta-v3-base", "--json"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -424,7 +424,7 @@ def test_flex_is_refused_by_validation(recipe):
 
 def test_flex_refusal_on_the_command_line():
     run = subprocess.run(
-        [sys.executable, "-m", "train.cli", "validate", "deberta-tiny", "model/kernel=flex"],
+        [sys.executable, "-m", "bertsmith.train.cli", "validate", "deberta-tiny", "model/kernel=flex"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -491,7 +491,14 @@ def reference_local_disentangled(
 
 def test_modernbert_with_disentangled_trains_and_windows_the_bias(tmp_path):
     run = subprocess.run(
-        [sys.executable, "-m", "train.cli", "validate", "modernbert-tiny", "model/positional=disentangled"],
+        [
+            sys.executable,
+            "-m",
+            "bertsmith.train.cli",
+            "validate",
+            "modernbert-tiny",
+            "model/positional=disentangled",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -542,7 +549,7 @@ def test_modernbert_with_disentangled_trains_and_windows_the_bias(tmp_path):
     randomize_(small, seed=5, scale=0.3)
     attn = small.encoder.layers[1].attn
     assert attn.window == 8
-    from blocks.stream import unpad
+    from bertsmith.blocks.stream import unpad
 
     sl = [23, 11]
     x = torch.randn(sum(sl), 64, generator=torch.Generator().manual_seed(0))

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bertsmith.blocks.roles import tagged
+from bertsmith.registry.core import REGISTRY, SLOT_KEYS
+from bertsmith.registry.errors import SpecError
+from bertsmith.registry.rules import availability_problems
 
-import registry
-from blocks.roles import tagged
-from registry.core import REGISTRY, SLOT_KEYS
-from registry.errors import SpecError
-from registry.rules import availability_problems
+from bertsmith import registry
 
 BASE = "modernbert-tiny"
 SMALL = ["model.n_layers=3", "model.d_model=64", "model.n_heads=2", "model.d_ff=96", "model.vocab_size=128"]
@@ -94,7 +94,7 @@ def test_entry_composes_runs_and_round_trips(slot, name, tmp_path):
         torch.testing.assert_close(again(ids, mask).last_hidden_state, model(ids, mask).last_hidden_state)
 
     # export to transformers: a checked directory, or one line naming what cannot go
-    from train.export import export_hf
+    from bertsmith.train.export import export_hf
 
     try:
         export_hf(tmp_path / "model", tmp_path / "hf")

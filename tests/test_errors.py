@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from bertsmith.registry import REGISTRY, SpecError
 
-import blocks  # noqa: F401  (fills REGISTRY, which this module reads at import)
-import registry
-from registry import REGISTRY, SpecError
+from bertsmith import (
+    blocks,  # noqa: F401  (fills REGISTRY, which this module reads at import)
+    registry,
+)
 
 SCRIPT = Path(sys.executable).with_name("bertsmith")
 BASE_RECIPE = {"vocab_size": 100, "d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 128}
@@ -41,7 +43,7 @@ class Case:
     keys: tuple[str, ...]  # one error line per key, in order, each "error: KEY: ..."
     hints: tuple[str, ...] = ()  # must appear in stderr
     files: tuple[tuple[str, str], ...] = ()
-    script: bool = False  # run the console script instead of ``python -m train.cli``
+    script: bool = False  # run the console script instead of ``python -m bertsmith.train.cli``
 
 
 NO_BIAS_KERNELS = _kernels_without("bias", "alibi")
@@ -237,7 +239,7 @@ def run_case(case: Case, root: Path) -> Result:
     for name, text in case.files:
         (rec / name).write_text(text)
     argv = [a.replace("{rec}", str(rec)) for a in case.argv]
-    cmd = [str(SCRIPT)] if case.script else [sys.executable, "-m", "train.cli"]
+    cmd = [str(SCRIPT)] if case.script else [sys.executable, "-m", "bertsmith.train.cli"]
     env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp)}
     p = subprocess.run(cmd + argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     # torch itself may leave an empty torchinductor_<user> cache folder in TMPDIR: not ours
@@ -283,7 +285,15 @@ def test_user_error_is_one_line_per_problem(case, results):
 def test_inspect_refuses_a_sequence_length_below_one(seq_len, tmp_path):
     """FLOPs per token at no tokens mean nothing: a user error, not a traceback or a default."""
     p = subprocess.run(
-        [sys.executable, "-m", "train.cli", "inspect", "modernbert-tiny", f"--seq-len={seq_len}", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "bertsmith.train.cli",
+            "inspect",
+            "modernbert-tiny",
+            f"--seq-len={seq_len}",
+            "--json",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -443,7 +453,7 @@ def test_env_interpolation_via_cli(tmp_path):
     (rec / "r.yaml").write_text(recipe_text(name="${oc.env:BERTSMITH_TEST_NAME}"))
     env = {**os.environ, "BERTSMITH_TEST_NAME": "$(touch pwned)", "TMPDIR": str(tmp_path)}
     p = subprocess.run(
-        [sys.executable, "-m", "train.cli", "validate", str(rec / "r.yaml")],
+        [sys.executable, "-m", "bertsmith.train.cli", "validate", str(rec / "r.yaml")],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -19,12 +19,12 @@ import pytest
 import torch
 import transformers
 import yaml
+from bertsmith.train.export import export_hf, export_recipe, hf_family, read_remote_export
+from bertsmith.train.hf import import_hf
 from helpers import TINY_BERT, TINY_MODERNBERT, max_diff
 from safetensors.torch import load_file
 
-import registry
-from train.export import export_hf, export_recipe, hf_family, read_remote_export
-from train.hf import import_hf
+from bertsmith import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-5
@@ -66,7 +66,7 @@ def _env(cache: Path) -> dict:
 
 
 def bertsmith(*argv, cache: Path, wait: bool = True):
-    cmd = [sys.executable, "-m", "train.cli", *map(str, argv)]
+    cmd = [sys.executable, "-m", "bertsmith.train.cli", *map(str, argv)]
     if not wait:
         return subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(cache)
@@ -214,10 +214,9 @@ def test_recipe_export_composes_back_to_the_same_spec(family, runs, cache, tmp_p
     assert swapped.model_copy(update={"positional": spec.positional}) == spec
 
     # usable as `bertsmith train model=<path>`: the train config composes to the same spec
+    from bertsmith.registry.composer import RECIPES
+    from bertsmith.train.app import parse_config, prepare_overrides
     from hydra import compose, initialize_config_dir
-
-    from registry.composer import RECIPES
-    from train.app import parse_config, prepare_overrides
 
     pretrain = FAMILY_RUNS[family][0][0] if family != "deberta" else "pretrain=modernbert"
     overrides = prepare_overrides([f"model={path}", pretrain], tmp_path)  # pretrain=bert swaps the head
@@ -429,7 +428,7 @@ def test_hf_family_says_why_a_spec_is_not_native():
 @pytest.fixture
 def plugin_activation():
     """An activation registered by code outside blocks/ (as a user's plugin would be)."""
-    from registry.core import REGISTRY, register
+    from bertsmith.registry.core import REGISTRY, register
 
     @register("activation", "test_export_square")
     class Square(torch.nn.Module):
@@ -443,7 +442,7 @@ def plugin_activation():
 
 
 def test_unrepresentable_export_is_one_line_exit_2_and_writes_nothing(plugin_activation, tmp_path, capsys):
-    from train.cli import main
+    from bertsmith.train.cli import main
 
     spec = registry.compose("bert-tiny", ["model.n_layers=1", f"model.mlp.activation={plugin_activation}"])
     registry.save(registry.build(spec), tmp_path / "model")
@@ -460,7 +459,7 @@ def test_unrepresentable_export_is_one_line_exit_2_and_writes_nothing(plugin_act
 
 
 def test_bad_sources_and_outputs_are_one_line_exit_2(runs, tmp_path, capsys):
-    from train.cli import main
+    from bertsmith.train.cli import main
 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
@@ -512,8 +511,8 @@ def test_init_from_an_exported_model_continues_training(runs, cache, tmp_path):
 
 
 def test_init_from_a_model_without_head_starts_a_new_one(tmp_path):
-    from train import init_from
-    from train.config import TrainConfig
+    from bertsmith.train import init_from
+    from bertsmith.train.config import TrainConfig
 
     spec = registry.compose("bert-tiny", ["model.n_layers=1"])
     bare = registry.build(spec, head="none")

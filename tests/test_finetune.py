@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from bertsmith.train.callbacks import read_metrics
+from bertsmith.train.finetune import data as D
+from bertsmith.train.finetune import metrics as M
+from bertsmith.train.finetune.config import FinetuneDataConfig, TaskConfig, parse_finetune_config
+from bertsmith.train.finetune.sift import divergence, perturbed, sift_loss
+from bertsmith.train.tokenizer import train_tokenizer
 from helpers import TINY_TRAIN, bertsmith, kill_when
 
-import registry
-from train.callbacks import read_metrics
-from train.finetune import data as D
-from train.finetune import metrics as M
-from train.finetune.config import FinetuneDataConfig, TaskConfig, parse_finetune_config
-from train.finetune.sift import divergence, perturbed, sift_loss
-from train.tokenizer import train_tokenizer
+from bertsmith import registry
 
 CHANCE = 0.5
 MARGIN = 0.15  # required above chance; the runs below reach about 0.85-0.9
@@ -56,7 +56,7 @@ FINETUNE = [  # the settings of every end-to-end fine-tuning below
 
 
 def family_docstrings() -> dict[str, list[str]]:
-    from train.corpus import _docstrings, _stdlib_files
+    from bertsmith.train.corpus import _docstrings, _stdlib_files
 
     root = Path(sysconfig.get_paths()["stdlib"])
     owner = {m: label for label, mods in FAMILIES.items() for m in mods}
@@ -102,7 +102,7 @@ def topic_args(task_files) -> list[str]:
 
 def run_inprocess(tmp: Path, init_from, **sections) -> dict:
     """Fine-tune in this process (no Hydra): ``sections`` are config sections as dicts."""
-    from train.finetune.run import finetune
+    from bertsmith.train.finetune.run import finetune
 
     base = {
         "trainer": {"max_steps": 20, "val_every": 20, "log_every": 1, "progress": False},
@@ -369,7 +369,7 @@ def test_sift_changes_training_and_stays_finite(grid, task_files, tmp_path):
 
 
 def test_finetuning_a_pretraining_grid_beats_chance_and_ranks_in_compare(grid):
-    from train.compare import compare
+    from bertsmith.train.compare import compare
 
     sweep, ft = grid
     scores = []
@@ -512,7 +512,7 @@ def test_pairs_regression_and_token_classification_train_with_sane_metrics(grid,
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(extra, key, hf_bert, task_files, tmp_path, capsys):
-    from train.cli import main
+    from bertsmith.train.cli import main
 
     args = [*topic_args(task_files), f"init_from={hf_bert[0]}", f"hydra.run.dir={tmp_path / 'run'}", *extra]
     assert main(["finetune", *args]) == 2
@@ -522,7 +522,7 @@ def test_bad_input_is_one_line_and_exit_2(extra, key, hf_bert, task_files, tmp_p
 
 
 def test_labels_outside_num_labels_are_one_line(hf_bert, tmp_path, capsys):
-    from train.cli import main
+    from bertsmith.train.cli import main
 
     (tmp_path / "t.csv").write_text("text,label\n" + "".join(f"row {i},{i % 3}\n" for i in range(20)))
     args = [f"init_from={hf_bert[0]}", f"data.train={tmp_path / 't.csv'}", "task.num_labels=2"]

@@ -22,14 +22,14 @@ import textwrap
 
 import pytest
 import torch
+from bertsmith.blocks.kernel_cuda import FlashAttn, Xformers
+from bertsmith.blocks.positional import AlibiBias, alibi_slopes
+from bertsmith.blocks.stream import stream_from_cu_seqlens
+from bertsmith.registry.core import REGISTRY
+from bertsmith.registry.rules import availability_problems
 from helpers import ROOT
 
-import registry
-from blocks.kernel_cuda import FlashAttn, Xformers
-from blocks.positional import AlibiBias, alibi_slopes
-from blocks.stream import stream_from_cu_seqlens
-from registry.core import REGISTRY
-from registry.rules import availability_problems
+from bertsmith import registry
 
 CUDA = torch.cuda.is_available()
 CUDA_ONLY = {"flash_attn": FlashAttn, "xformers": Xformers}
@@ -54,7 +54,7 @@ def test_importing_blocks_imports_no_cuda_package():
         import json, sys
         import torch
         before = set(sys.modules)
-        import blocks, registry
+        from bertsmith import blocks, registry
         spec = registry.compose("modernbert-tiny", ["model/kernel=flash_attn"])
         with torch.device("meta"):
             registry.build(spec, init=False)
@@ -121,7 +121,7 @@ def test_cpu_training_is_refused_as_a_device_problem_once(kernel):
 def test_validate_without_cuda_is_one_line_exit_2(kernel, recipe):
     extra = {"flash_attn": "flash", "xformers": "xformers"}[kernel]
     p = subprocess.run(
-        [sys.executable, "-m", "train.cli", "validate", recipe, f"model/kernel={kernel}"],
+        [sys.executable, "-m", "bertsmith.train.cli", "validate", recipe, f"model/kernel={kernel}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -460,7 +460,14 @@ def test_validate_on_cuda_agrees_with_what_is_installed():
     """On a GPU machine ``validate`` accepts flash_attn exactly when it imports here."""
     why = FlashAttn.unavailable("cuda")
     p = subprocess.run(
-        [sys.executable, "-m", "train.cli", "validate", "modernbert-tiny", "model/kernel=flash_attn"],
+        [
+            sys.executable,
+            "-m",
+            "bertsmith.train.cli",
+            "validate",
+            "modernbert-tiny",
+            "model/kernel=flash_attn",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

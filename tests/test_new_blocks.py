@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
+from bertsmith.blocks.roles import tagged
+from bertsmith.registry.errors import SpecError
 
-import registry
-from blocks.roles import tagged
-from registry.errors import SpecError
+from bertsmith import registry
 
 SMALL = ["model.n_layers=3", "model.d_model=64", "model.n_heads=2", "model.d_ff=96", "model.vocab_size=128"]
 
@@ -135,11 +135,9 @@ def test_deepnorm_and_post_refuse_skip_first_in_one_line():
     (line,) = e.value.lines
     assert line.startswith("model.norm.skip_first: given True, allowed: false with placement 'deepnorm'")
 
-
 def test_t5_buckets_match_transformers_and_the_bias_is_the_table():
+    from bertsmith.blocks.t5 import t5_bucket
     from transformers.models.t5.modeling_t5 import T5Attention
-
-    from blocks.t5 import t5_bucket
 
     rel = torch.arange(-300, 301)
     for buckets, distance in ((32, 128), (8, 20), (64, 256)):
@@ -174,3 +172,4 @@ def test_the_old_norm_placement_spelling_loads_or_is_refused_in_one_line():
     assert line.startswith(
         "model.norm.placement: given 'pre' (the old spelling) while model.placement is 'post'"
     )
+

@@ -27,8 +27,8 @@ MODULES = {
     # a positional scheme (a top-level slot of the spec), next to the recipe
     "my_blocks.py": '''
         """A tiny plugin for the tests."""
-        from blocks.positional import PositionalScheme
-        from registry.core import register
+        from bertsmith.blocks.positional import PositionalScheme
+        from bertsmith.registry.core import register
 
         @register("positional", "nothing_at_all")
         class NothingAtAll(PositionalScheme):
@@ -39,7 +39,7 @@ MODULES = {
     """,
     "shadow_blocks.py": '''
         import torch
-        from registry.core import register
+        from bertsmith.registry.core import register
 
         @register("activation", "halfrelu")
         class HalfRelu(torch.nn.Module):
@@ -52,7 +52,7 @@ MODULES = {
     # an installed package's module, found through its entry point (a dist-info folder)
     "site/ep_blocks.py": '''
         import torch
-        from registry.core import register
+        from bertsmith.registry.core import register
 
         @register("activation", "ep_act")
         class EpAct(torch.nn.Module):
@@ -69,7 +69,7 @@ CHECKS = r"""
 import contextlib, io, json, os, sys
 import torch
 
-from train.cli import main
+from bertsmith.train.cli import main
 
 out = {}
 
@@ -91,9 +91,9 @@ rc, text, err = run("schema")
 schema = json.loads(text)
 
 import jsonschema
-import registry
-from registry.plugins import missing_plugin_lines, plugin_sources
-from registry.spec import spec_dict
+from bertsmith import registry
+from bertsmith.registry.plugins import missing_plugin_lines, plugin_sources
+from bertsmith.registry.spec import spec_dict
 
 spec = registry.compose("modernbert-tiny", ["model/activation=squareplus", "model.mlp.activation.b=2"])
 data = spec_dict(spec)
@@ -129,7 +129,7 @@ for bad in ("nope_missing_xyz", "boom_blocks", "shadow_blocks"):
         run("schema", "--out", f"{bad}.json"),
         run("train", f"hydra.run.dir=run_{bad}"),
     ]
-from registry.core import REGISTRY
+from bertsmith.registry.core import REGISTRY
 out["after"] = [REGISTRY.get("activation", "gelu").source, "halfrelu" in REGISTRY.names("activation")]
 print("RESULT " + json.dumps(out))
 """
@@ -241,7 +241,7 @@ def test_the_example_plugin_trains_exports_and_is_needed_to_load(results):
     env = {k: v for k, v in os.environ.items() if k not in ("BERTSMITH_PLUGINS",)}
     env["PYTHONPATH"] = str(ROOT)
     p = subprocess.run(
-        [sys.executable, "-m", "train.cli", "export", "run_plugin", "--to", "recipe", "--out", "r.yaml"],
+        [sys.executable, "-m", "bertsmith.train.cli", "export", "run_plugin", "--to", "recipe", "--out", "r.yaml"],
         cwd=work, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert p.returncode == 2 and not (work / "r.yaml").exists()

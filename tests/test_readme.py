@@ -23,7 +23,7 @@ def test_readme_command(command, tmp_path):
     argv = shlex.split(command)
     assert argv[0] == "bertsmith"
     run = subprocess.run(
-        [sys.executable, "-m", "train.cli", *argv[1:]],
+        [sys.executable, "-m", "bertsmith.train.cli", *argv[1:]],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -41,6 +41,8 @@ def test_readme_python(code):
 def test_readme_error_example_is_true():
     block = re.search(r"```console\n\$ (bertsmith .*?)\n(.*?)```", README, re.S)
     argv = shlex.split(block.group(1))
-    run = subprocess.run([sys.executable, "-m", "train.cli", *argv[1:]], capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "-m", "bertsmith.train.cli", *argv[1:]], capture_output=True, text=True
+    )
     assert run.returncode == 2
     assert run.stderr.strip() == block.group(2).strip()

@@ -7,15 +7,15 @@ import json
 
 import pytest
 import yaml
+from bertsmith.registry import SpecError
+from bertsmith.registry.composer import RECIPES
+from bertsmith.registry.spec import spec_dict
+from bertsmith.train.app import main as train_main
+from bertsmith.train.app import parse_config, precheck_swaps, prepare_overrides
+from bertsmith.train.cli import main as cli_main
 from hydra import compose, initialize_config_dir
 
-import registry
-from registry import SpecError
-from registry.composer import RECIPES
-from registry.spec import spec_dict
-from train.app import main as train_main
-from train.app import parse_config, precheck_swaps, prepare_overrides
-from train.cli import main as cli_main
+from bertsmith import registry
 
 EXTENSION = """\
 # extends a family recipe and states slots in its body, after _self_
@@ -193,7 +193,7 @@ def test_a_preset_file_is_an_option_and_its_values_win(forms, tmp_path, monkeypa
     place after the recipe body (the family's theta gives way to the preset's)."""
     import shutil
 
-    import registry.composer as composer
+    import bertsmith.registry.composer as composer
 
     tree = tmp_path / "recipes"
     shutil.copytree(RECIPES, tree)

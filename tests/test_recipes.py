@@ -13,12 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from bertsmith.registry import REGISTRY, SpecError
+from bertsmith.registry.composer import compose_config
+from bertsmith.registry.core import SLOT_KEYS
 
-import blocks  # noqa: F401  (fills REGISTRY, which this module reads at import)
-import registry
-from registry import REGISTRY, SpecError
-from registry.composer import compose_config
-from registry.core import SLOT_KEYS
+from bertsmith import (
+    blocks,  # noqa: F401  (fills REGISTRY, which this module reads at import)
+    registry,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "recipes" / "model"
@@ -150,7 +152,7 @@ def test_family_parameter_count(name):
 
 def test_inspect_cli_reports_the_family_count():
     out = subprocess.run(
-        [sys.executable, "-m", "train.cli", "inspect", "bert-base", "--json"],
+        [sys.executable, "-m", "bertsmith.train.cli", "inspect", "bert-base", "--json"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -255,10 +257,9 @@ def test_sequence_heads_ignore_padding(overrides, key):
 def test_every_entry_is_an_option_without_a_file():
     """``model/<slot>=<name>`` needs no YAML: the registry's entries are generated into
     Hydra's ConfigStore as ``{kind: <name>}`` at the slot's key."""
+    from bertsmith.registry.composer import presets, register_configs
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
-
-    from registry.composer import presets, register_configs
 
     register_configs()
     for slot, name in ENTRIES:
@@ -295,7 +296,7 @@ def test_swap_each_entry_onto_modernbert_tiny(slot, name, tiny_base):
     if slot == "kernel":
         # a kernel that cannot run modernbert-tiny (xformers: no window) or not on this machine
         # (flash_attn without CUDA) is refused by validation; tests/test_gpu_kernels.py holds it
-        from registry.rules import availability_problems
+        from bertsmith.registry.rules import availability_problems
 
         spec = registry.compose("modernbert-tiny", [f"model/{slot}={name}"])
         refused = registry.problems(spec) + availability_problems(spec)

@@ -9,11 +9,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from bertsmith.registry.composer import compose_config, model_names
+from bertsmith.registry.spec import spec_dict
+from bertsmith.train.cli import main as cli_main
 
-import registry
-from registry.composer import compose_config, model_names
-from registry.spec import spec_dict
-from train.cli import main as cli_main
+from bertsmith import registry
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "model"
 
@@ -45,7 +45,7 @@ def test_every_shipped_recipe_is_valid(name, validator):
 
 
 def test_the_export_form_is_valid(validator):
-    from train.export import recipe_text
+    from bertsmith.train.export import recipe_text
 
     spec = registry.compose("deberta-tiny")
     assert _errors(validator, yaml.safe_load(recipe_text(spec, "a run"))) == []

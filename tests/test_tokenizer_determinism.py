@@ -14,12 +14,9 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
-from tokenizers import Tokenizer
-
-from train import corpus
-from train.config import TokenizerConfig
-from train.tokenizer import (
+from bertsmith.train import corpus
+from bertsmith.train.config import TokenizerConfig
+from bertsmith.train.tokenizer import (
     SPECIALS,
     continuation_pieces,
     file_sha256,
@@ -28,12 +25,14 @@ from train.tokenizer import (
     tokenizer_sha256,
     train_tokenizer,
 )
+from helpers import ROOT
+from tokenizers import Tokenizer
 
 KINDS = ("wordpiece", "bpe")
 
 TRAIN = """
 import json, sys
-from train.tokenizer import train_tokenizer
+from bertsmith.train.tokenizer import train_tokenizer
 docs = json.load(open(sys.argv[1], encoding="utf-8"))
 print(json.dumps({kind: train_tokenizer(kind, docs, 512).sha256 for kind in ("wordpiece", "bpe")}))
 """

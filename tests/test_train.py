@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from bertsmith.train.callbacks import read_metrics
+from bertsmith.train.tokenizer import file_sha256
 from helpers import TINY_TRAIN, bertsmith, kill_when
 
-import registry
-from train.callbacks import read_metrics
-from train.tokenizer import file_sha256
+from bertsmith import registry
 
 SMALL = TINY_TRAIN
 

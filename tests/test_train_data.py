@@ -6,14 +6,13 @@ from collections import Counter
 
 import pytest
 import torch
-
-from registry.errors import SpecError
-from train import corpus
-from train.config import DataConfig, ScheduleConfig, TokenizerConfig, TrainConfig
-from train.data import IGNORE, build_data, mask_tokens
-from train.optim import lr_factor, param_groups
-from train.packing import best_fit, efficiency, nsp_pairs, split_documents
-from train.tokenizer import Tok, get_tokenizer, train_tokenizer
+from bertsmith.registry.errors import SpecError
+from bertsmith.train import corpus
+from bertsmith.train.config import DataConfig, ScheduleConfig, TokenizerConfig, TrainConfig
+from bertsmith.train.data import IGNORE, build_data, mask_tokens
+from bertsmith.train.optim import lr_factor, param_groups
+from bertsmith.train.packing import best_fit, efficiency, nsp_pairs, split_documents
+from bertsmith.train.tokenizer import Tok, get_tokenizer, train_tokenizer
 
 
 def test_best_fit_places_every_sequence_once_within_capacity():
@@ -98,7 +97,7 @@ def test_schedules():
 
 
 def test_no_weight_decay_on_biases_and_norms():
-    import registry
+    from bertsmith import registry
 
     model = registry.build(registry.compose("bert-tiny", ["model.n_layers=1"]))
     decay, no_decay = param_groups(model, 0.01)

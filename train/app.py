@@ -21,9 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
-from registry.composer import (
+from bertsmith.registry.composer import (
     RECIPES,
     file_option_name,
     finish_model_config,
@@ -34,7 +32,8 @@ from registry.composer import (
     reject_targets,
     swappable_copy,
 )
-from registry.errors import SpecError, choice, nearest
+from bertsmith.registry.errors import SpecError, choice, nearest
+from omegaconf import DictConfig, OmegaConf
 
 SETTINGS = ("data", "tokenizer", "objective", "optim", "schedule", "trainer")  # typed in train.config
 GROUPS = ("model", *SETTINGS, "pretrain", "ablation", "sweep", "launcher")
@@ -124,10 +123,9 @@ def _model_choice(value: str, tmp: Path) -> list[str]:
 
 def parse_config(cfg: DictConfig, task_overrides: list[str]):
     """(EncoderSpec, TrainConfig) from a composed ``train`` config."""
+    from bertsmith.registry.spec import parse_spec
+    from bertsmith.train.config import parse_train_config
     from omegaconf.errors import OmegaConfBaseException
-
-    from registry.spec import parse_spec
-    from train.config import parse_train_config
 
     try:
         data = OmegaConf.to_container(cfg, resolve=True)
@@ -170,13 +168,13 @@ def precheck(overrides: list[str]) -> None:
     """Compose and validate a single run's config before Hydra starts it."""
     plain = [o for o in overrides if not o.startswith("-")]
     cfg = _compose_train(plain)
-    from train.loop import cheap_checks, planned_run_dir
+    from bertsmith.train.loop import cheap_checks, planned_run_dir
 
     run_dir = planned_run_dir(cfg)  # checked for room and permission before Hydra creates it
     spec, tcfg = parse_config(cfg, [o for o in plain if not o.startswith("hydra.")])
     cheap_checks(spec, tcfg, run_dir)
     if tcfg.finetune:
-        from train.finetune.app import check_chained
+        from bertsmith.train.finetune.app import check_chained
 
         check_chained(tcfg.finetune)
 
@@ -300,9 +298,8 @@ def _train_job(cfg: DictConfig):
 
 def run(cfg: DictConfig) -> dict:
     """Train one job; returns its summary (also printed)."""
+    from bertsmith.train.loop import train
     from hydra.core.hydra_config import HydraConfig
-
-    from train.loop import train
 
     hc = HydraConfig.get()
     spec, tcfg = parse_config(cfg, list(hc.overrides.task))
@@ -310,7 +307,7 @@ def run(cfg: DictConfig) -> dict:
     t0 = time.time()
     summary = train(spec, tcfg, run_dir, OmegaConf.to_container(cfg, resolve=True), started=t0)
     if tcfg.finetune and summary:  # rank 0 only; fine-tuning is single-device
-        from train.finetune.app import run_chained
+        from bertsmith.train.finetune.app import run_chained
 
         run_chained(tcfg.finetune, run_dir, resume=tcfg.resume)
     return summary

@@ -32,9 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-
-from train.cli import CASES
-from train.loop import PeakRSS
+from bertsmith.train.cli import CASES
+from bertsmith.train.loop import PeakRSS
 
 SHAPES = {
     "modernbert": {
@@ -87,10 +86,10 @@ class Row:
 
 def hf_pair(family: str, size: str, layers: int | None, kernel: str, device: str):
     """(transformers masked-LM model, our model with the same weights), both in eval mode."""
+    from bertsmith.train.hf import import_hf
     from transformers import AutoModelForMaskedLM, BertConfig, ModernBertConfig
 
-    import registry
-    from train.hf import import_hf
+    from bertsmith import registry
 
     shape = dict(SHAPES[family][size])
     if layers is not None:
@@ -210,7 +209,7 @@ def gemm_peak(dtype: torch.dtype, device: str, n: int | None = None, repeats: in
 
 def forward_flops(spec, lengths: list[int]) -> float:
     """Useful forward FLOPs of the encoder body over the real tokens of a batch."""
-    from registry.costs import cost
+    from bertsmith.registry.costs import cost
 
     per_len = {n: cost(spec, n)["flops_per_token"]["encoder"] for n in set(lengths)}
     return float(sum(per_len[n] * n for n in lengths))
@@ -377,8 +376,9 @@ def format_row(r: Row) -> str:
 
 def check_kernel(kernel: str, families, device: str, training: bool) -> None:
     """Refuse, before any work, a kernel that is unknown or cannot run a family's model here."""
-    import registry
-    from registry.errors import SpecError, choice
+    from bertsmith.registry.errors import SpecError, choice
+
+    from bertsmith import registry
 
     names = registry.REGISTRY.names("kernel")
     if kernel not in names:
@@ -390,7 +390,7 @@ def check_kernel(kernel: str, families, device: str, training: bool) -> None:
 
 def main(args) -> None:
     """The CLI entry (``bertsmith bench``)."""
-    from registry.errors import SpecError
+    from bertsmith.registry.errors import SpecError
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SpecError("bench: given --device cuda, allowed: cpu (torch sees no CUDA device here)")

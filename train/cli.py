@@ -11,8 +11,7 @@ import json
 import sys
 
 import yaml
-
-from registry.errors import SpecError
+from bertsmith.registry.errors import SpecError
 
 
 def _plain(value):
@@ -25,9 +24,9 @@ def _plain(value):
 
 
 def _cmd_blocks(args) -> None:
-    from registry import REGISTRY
-    from registry.core import BUILTIN
-    from registry.schema import param_docs, spec_key_docs
+    from bertsmith.registry import REGISTRY
+    from bertsmith.registry.core import BUILTIN
+    from bertsmith.registry.schema import param_docs, spec_key_docs
 
     rows = []
     for e in REGISTRY:
@@ -77,7 +76,7 @@ def _cmd_blocks(args) -> None:
 
 
 def _cmd_schema(args) -> None:
-    from registry.schema import recipe_schema
+    from bertsmith.registry.schema import recipe_schema
 
     text = json.dumps(recipe_schema(), indent=2, ensure_ascii=False) + "\n"
     if args.out is None:
@@ -85,7 +84,7 @@ def _cmd_schema(args) -> None:
         return
     from pathlib import Path
 
-    from registry.io import atomic_write
+    from bertsmith.registry.io import atomic_write
 
     out = Path(args.out).expanduser()
     if out.is_dir():
@@ -95,8 +94,9 @@ def _cmd_schema(args) -> None:
 
 
 def _cmd_inspect(args) -> None:
-    import registry
-    from registry.spec import spec_dict
+    from bertsmith.registry.spec import spec_dict
+
+    from bertsmith import registry
 
     if args.seq_len is not None and args.seq_len < 1:
         raise SpecError(f"--seq-len: given {args.seq_len}, allowed: a positive integer")
@@ -125,14 +125,14 @@ def _cmd_inspect(args) -> None:
 
 
 def _cmd_validate(args) -> None:
-    import registry
+    from bertsmith import registry
 
     spec = registry.validate(args.recipe, args.overrides)
     print(f"ok: {spec.name} ({args.recipe})")
 
 
 def _cmd_import_hf(args) -> None:
-    from train.hf import import_hf
+    from bertsmith.train.hf import import_hf
 
     model = import_hf(args.hf_dir, args.out, name=args.name)
     n = sum(p.numel() for p in model.encoder.parameters())
@@ -143,7 +143,7 @@ def _cmd_import_hf(args) -> None:
 
 
 def _cmd_compare(args) -> None:
-    from train.compare import compare
+    from bertsmith.train.compare import compare
 
     result = compare(args.sweep_dir, args.metric)
     print(result["table"], end="")
@@ -156,7 +156,7 @@ def _cmd_compare(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from train.export import export_hf, export_recipe
+    from bertsmith.train.export import export_hf, export_recipe
 
     if args.to == "recipe":
         if args.remote_code:
@@ -182,7 +182,7 @@ CASES = ("fixed", "variable", "long", "mlm")  # train/bench.py's, named here so 
 
 
 def _cmd_bench(args) -> None:
-    from train.bench import main as bench_main
+    from bertsmith.train.bench import main as bench_main
 
     bench_main(args)
 
@@ -343,17 +343,17 @@ _NO_RECIPES = ("compare",)  # commands that read no recipe, spec or block
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":  # a Hydra app: its arguments are overrides, not flags
-        from train.app import main as train_main
+        from bertsmith.train.app import main as train_main
 
         return train_main(argv[1:])
     if argv and argv[0] == "finetune":  # a Hydra app too
-        from train.finetune.app import main as finetune_main
+        from bertsmith.train.finetune.app import main as finetune_main
 
         return finetune_main(argv[1:])
     args = parser().parse_args(argv)
     try:
         if args.command not in _NO_RECIPES:
-            from registry.composer import prepare
+            from bertsmith.registry.composer import prepare
 
             prepare()  # plugins, and the slot options every recipe composes from
         args.fn(args)

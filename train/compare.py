@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from bertsmith.registry.errors import SpecError, nearest
+from bertsmith.train.callbacks import read_metrics
+from bertsmith.train.config import DataConfig
+from bertsmith.train.tokenizer import file_sha256
 from pydantic import ValidationError
-
-from registry.errors import SpecError, nearest
-from train.callbacks import read_metrics
-from train.config import DataConfig
-from train.tokenizer import file_sha256
 
 _SEED = re.compile(r"^\+{0,2}seed=")
 MLM_METRICS = ("val_loss", "val_mlm_acc")
@@ -113,7 +112,7 @@ def _status(d: Path) -> str:
 
 def _costs(d: Path) -> tuple[int | None, int | None]:
     """Parameters and forward FLOPs per token at the run's sequence length, from its spec."""
-    import registry
+    from bertsmith import registry
 
     if not (d / "spec.yaml").exists():
         return None, None

@@ -32,7 +32,7 @@ import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
-from registry.errors import SpecError
+from bertsmith.registry.errors import SpecError
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 _SKIP_DIRS = {

@@ -16,9 +16,8 @@ import json
 from pathlib import Path
 
 import torch
-
-from registry.errors import SpecError
-from registry.spec import parse_spec
+from bertsmith.registry.errors import SpecError
+from bertsmith.registry.spec import parse_spec
 
 FAMILIES = ("bert", "roberta", "modernbert", "deberta-v2")
 _ACT = {
@@ -429,7 +428,7 @@ def _lookup(weights: dict, key: str, family: str) -> torch.Tensor | None:
 def import_hf(hf_dir: str | Path, out_dir: str | Path | None, name: str | None = None):
     """Convert a transformers directory into a bertsmith model directory (none written when
     ``out_dir`` is None); returns the model."""
-    import registry
+    from bertsmith import registry
 
     hf_dir = Path(hf_dir)
     family, cfg, raw = _config(hf_dir)

@@ -14,17 +14,17 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from bertsmith.registry.errors import SpecError
+from bertsmith.registry.io import atomic_write
+from bertsmith.registry.spec import parse_spec, spec_dict
+from bertsmith.train import corpus, init_from
+from bertsmith.train.callbacks import AtomicCheckpointIO, MetricsCSV, StepProgressBar, read_metrics
+from bertsmith.train.data import Data, StreamingBatches, build_data
+from bertsmith.train.module import NonFiniteError, PretrainModule, all_finite
+from bertsmith.train.tokenizer import Tok, file_sha256, load_tokenizer
 from torch.utils.data import DataLoader
 
-import registry
-from registry.errors import SpecError
-from registry.io import atomic_write
-from registry.spec import parse_spec, spec_dict
-from train import corpus, init_from
-from train.callbacks import AtomicCheckpointIO, MetricsCSV, StepProgressBar, read_metrics
-from train.data import Data, StreamingBatches, build_data
-from train.module import NonFiniteError, PretrainModule, all_finite
-from train.tokenizer import Tok, file_sha256, load_tokenizer
+from bertsmith import registry
 
 
 class PretrainDataModule(L.LightningDataModule):

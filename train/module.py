@@ -16,9 +16,8 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
-
-from train.data import IGNORE
-from train.optim import lr_factor, make_optimizer
+from bertsmith.train.data import IGNORE
+from bertsmith.train.optim import lr_factor, make_optimizer
 
 
 class NonFiniteError(FloatingPointError):

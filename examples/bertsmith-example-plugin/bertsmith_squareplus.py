@@ -14,7 +14,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from registry.core import Params, register
+from bertsmith import Params, register
 
 
 class SquareplusParams(Params):

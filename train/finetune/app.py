@@ -18,11 +18,10 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from bertsmith.registry.composer import RECIPES, reject_targets
+from bertsmith.registry.errors import SpecError, choice, nearest
+from bertsmith.train.app import hydra_app, hydra_line
 from omegaconf import DictConfig, OmegaConf
-
-from registry.composer import RECIPES, reject_targets
-from registry.errors import SpecError, choice, nearest
-from train.app import hydra_app, hydra_line
 
 GROUPS = ("task", "optim", "schedule", "launcher")
 SECTIONS = ("task", "data", "sift", "optim", "schedule", "trainer")  # any of their keys may be set
@@ -68,9 +67,8 @@ def prepare_overrides(args: list[str]) -> list[str]:
 
 
 def parse_config(cfg: DictConfig):
+    from bertsmith.train.finetune.config import parse_finetune_config
     from omegaconf.errors import OmegaConfBaseException
-
-    from train.finetune.config import parse_finetune_config
 
     try:
         data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
@@ -97,8 +95,8 @@ def precheck(overrides: list[str]) -> list[str]:
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         raise SpecError(hydra_line(str(e))) from None
     fcfg = parse_config(cfg)
-    from train.finetune import data
-    from train.finetune.source import resolve, tokenizer_path
+    from bertsmith.train.finetune import data
+    from bertsmith.train.finetune.source import resolve, tokenizer_path
 
     source, kind = resolve(fcfg.init_from)
     if kind != "sweep":
@@ -159,7 +157,7 @@ def _about_finetune():
 
 def check_chained(text: str) -> None:
     """Catch a mistake in ``train``'s ``finetune`` setting before pre-training starts."""
-    from train.finetune import data
+    from bertsmith.train.finetune import data
 
     fcfg, _ = chained_config(text, "the-pre-training-run")  # not resolved here
     if fcfg.data.source == "files":
@@ -169,7 +167,7 @@ def check_chained(text: str) -> None:
 
 def run_chained(text: str, run_dir: Path, resume: bool) -> dict:
     """Fine-tune a finished pre-training run into ``RUN/finetune/<task>``."""
-    from train.finetune.run import finetune
+    from bertsmith.train.finetune.run import finetune
 
     fcfg, resolved = chained_config(text, str(run_dir), resume)
     return finetune(fcfg, run_dir / "finetune" / fcfg.task.name, resolved, started=time.time())
@@ -179,7 +177,7 @@ def main(args: list[str]) -> int:
     """Entry point of ``bertsmith finetune``; returns the exit code."""
     helpish = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args)
     try:
-        from registry.composer import prepare
+        from bertsmith.registry.composer import prepare
 
         prepare()  # plugins (init_from may use their blocks) and the slot options
         overrides = prepare_overrides(args)
@@ -193,10 +191,9 @@ def main(args: list[str]) -> int:
 
 
 def _finetune_job(cfg: DictConfig):
+    from bertsmith.registry.composer import prepare
+    from bertsmith.train.finetune.run import finetune
     from hydra.core.hydra_config import HydraConfig
-
-    from registry.composer import prepare
-    from train.finetune.run import finetune
 
     prepare()  # a job in another process (a launcher's) loads the plugins too
     out = Path(HydraConfig.get().runtime.output_dir)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
+from bertsmith.registry.errors import nearest
+from bertsmith.train.config import OptimConfig, ScheduleConfig, validate_config
+from bertsmith.train.finetune.metrics import METRICS
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from registry.errors import nearest
-from train.config import OptimConfig, ScheduleConfig, validate_config
-from train.finetune.metrics import METRICS
 
 
 class _Cfg(BaseModel):

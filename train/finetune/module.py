@@ -9,11 +9,10 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-
-from train.finetune import metrics as M
-from train.finetune.data import IGNORE
-from train.finetune.sift import sift_loss
-from train.optim import lr_factor, make_optimizer
+from bertsmith.train.finetune import metrics as M
+from bertsmith.train.finetune.data import IGNORE
+from bertsmith.train.finetune.sift import sift_loss
+from bertsmith.train.optim import lr_factor, make_optimizer
 
 
 class FinetuneModule(L.LightningModule):

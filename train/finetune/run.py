@@ -17,19 +17,19 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from bertsmith.registry.errors import SpecError
+from bertsmith.registry.io import atomic_write, spec_file_text
+from bertsmith.registry.spec import spec_dict
+from bertsmith.train.callbacks import AtomicCheckpointIO, StepProgressBar
+from bertsmith.train.data import StepSampler
+from bertsmith.train.finetune import data as D
+from bertsmith.train.finetune.metrics import majority_accuracy
+from bertsmith.train.finetune.module import FinetuneCSV, FinetuneModule, csv_columns
+from bertsmith.train.finetune.source import check_length, load_source, resolve, runs_in, with_new_head
+from bertsmith.train.loop import PeakRSS, check_run_dir
 from torch.utils.data import DataLoader
 
-import registry
-from registry.errors import SpecError
-from registry.io import atomic_write, spec_file_text
-from registry.spec import spec_dict
-from train.callbacks import AtomicCheckpointIO, StepProgressBar
-from train.data import StepSampler
-from train.finetune import data as D
-from train.finetune.metrics import majority_accuracy
-from train.finetune.module import FinetuneCSV, FinetuneModule, csv_columns
-from train.finetune.source import check_length, load_source, resolve, runs_in, with_new_head
-from train.loop import PeakRSS, check_run_dir
+from bertsmith import registry
 
 
 class _Batches(L.LightningDataModule):

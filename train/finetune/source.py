@@ -14,10 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import registry
-from registry.errors import SpecError
-from train import init_from as pretrain_init
-from train.tokenizer import load_tokenizer
+from bertsmith.registry.errors import SpecError
+from bertsmith.train import init_from as pretrain_init
+from bertsmith.train.tokenizer import load_tokenizer
+
+from bertsmith import registry
 
 
 def is_run(d: Path) -> bool:
@@ -27,7 +28,7 @@ def is_run(d: Path) -> bool:
 
 def runs_in(d: Path) -> list[Path]:
     """The runs of a sweep directory (Hydra job dirs), not counting fine-tuning dirs inside runs."""
-    from train.compare import find_runs
+    from bertsmith.train.compare import find_runs
 
     return [r for r in find_runs(d) if is_run(r)]
 

@@ -24,16 +24,18 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
-import registry
-from registry.core import BUILTIN
-from registry.errors import SpecError
+from bertsmith.registry.core import BUILTIN
+from bertsmith.registry.errors import SpecError
+
+from bertsmith import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 FILE = "modeling_bertsmith.py"
 # the order a reader meets the blocks in the generated file (dependencies still come first)
-READING_ORDER = [f"blocks.{m}" for m in ("stream", "roles", "kernel", "positional", "attention", "encoder")]
-READING_ORDER += [f"blocks.{m}" for m in ("mlp", "activation", "norm", "placement", "head")]
-OWN_PACKAGES = ("blocks", "registry", "train", "pydantic")  # imports dropped from copied sources
+BLOCKS = "bertsmith.blocks"
+READING_ORDER = [f"{BLOCKS}.{m}" for m in ("stream", "roles", "kernel", "positional", "attention", "encoder")]
+READING_ORDER += [f"{BLOCKS}.{m}" for m in ("mlp", "activation", "norm", "placement", "head")]
+OWN_PACKAGES = ("bertsmith", "pydantic")  # imports dropped from copied sources
 ALLOWED_IMPORTS = {"torch", "transformers", *sys.stdlib_module_names}
 # the transformers class that carries a head, by what the head provides (auto_map name,
 # class in modeling.py); a head that provides ``next_sentence`` also serves AutoModelForPreTraining
@@ -52,7 +54,7 @@ def head_class(spec) -> tuple[str, str] | None:
 def chosen_entries(spec) -> list[tuple[str, str, str]]:
     """(spec key, slot, entry name) of every block the model is built from (``init`` is not:
     exported weights are loaded, never initialised)."""
-    from registry.rules import chosen_entries as chosen
+    from bertsmith.registry.rules import chosen_entries as chosen
 
     return [(key, entry.slot, entry.name) for key, entry, _ in chosen(spec) if entry.slot != "init"]
 
@@ -91,7 +93,7 @@ def _foreign(path: Path) -> list[str]:
 
 
 # what a plugin's module may import of bertsmith and still be copied: the block API
-PLUGIN_API = ("registry.core", "registry.errors", "pydantic", "blocks")
+PLUGIN_API = ("bertsmith.registry.core", "bertsmith.registry.errors", "pydantic", BLOCKS)
 
 
 def _plugin_problem(module: str) -> str | None:
@@ -110,9 +112,9 @@ def _plugin_problem(module: str) -> str | None:
         and n.module
         and n.module.split(".")[0] in OWN_PACKAGES
     }
-    beyond = sorted(m for m in own if not m.startswith(PLUGIN_API))
+    beyond = sorted(m for m in own if m != "bertsmith" and not m.startswith(PLUGIN_API))
     if beyond:
-        return f"imports {', '.join(beyond)} (beyond the block API: registry.core, registry.errors, blocks)"
+        return f"imports {', '.join(beyond)} (beyond the block API: bertsmith, bertsmith.blocks)"
     if extra := _foreign(path):
         return (
             f"imports {', '.join(extra)} (a remote-code export must load with torch and transformers alone)"
@@ -131,7 +133,7 @@ def refusals(spec) -> list[str]:
                 f"{key}: given {name!r}, a block of plugin {module!r}, which {why}; allowed: a plugin "
                 "module that needs only torch and bertsmith's block API, or a native family"
             )
-        elif not plugin and module.split(".")[0] != "blocks":
+        elif not plugin and not module.startswith(BLOCKS + "."):
             lines.append(
                 f"{key}: given {name!r}, a block registered by module {module!r} outside bertsmith's "
                 "blocks/ package; allowed: blocks from blocks/ (a remote-code export copies only their source)"
@@ -156,13 +158,17 @@ def _block_dependencies(module: str) -> list[str]:
     return [
         n.module
         for n in ast.walk(tree)
-        if isinstance(n, ast.ImportFrom) and n.module and n.module.split(".")[0] == "blocks"
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith(BLOCKS + ".")
     ]
 
 
 def modules_for(spec) -> list[str]:
     """The block modules the spec needs, each after the modules it imports."""
-    wanted = ["blocks.stream", "blocks.attention", "blocks.encoder"]  # the builder and its imports
+    wanted = [
+        "bertsmith.blocks.stream",
+        "bertsmith.blocks.attention",
+        "bertsmith.blocks.encoder",
+    ]  # the builder and its imports
     wanted += [_module_of(slot, name) for _, slot, name in chosen_entries(spec)]
     order: list[str] = []
 
