@@ -566,9 +566,24 @@ def finish_model_config(data: dict, explicit: set[str], swaps: dict[str, str] | 
     if swaps:
         apply_swaps(data, swaps, explicit)
     _drop_foreign(data, explicit)
+    _drop_inherited_skip_first(data, explicit)
     if lines := _misplaced(data):
         raise SpecError(lines)
     return data
+
+
+def _drop_inherited_skip_first(model: dict, explicit: set[str]) -> None:
+    """``norm.skip_first`` inherited from a pre-norm recipe (ModernBERT) means nothing under a
+    placement that has no first norm to skip (``modernbert-tiny model/placement=deepnorm``):
+    like a swapped block's settings, it is dropped; given on the command line, it is kept and
+    refused by the rules."""
+    node, norm = model.get("placement"), model.get("norm")
+    kind = node.get("kind") if isinstance(node, dict) else node
+    if not isinstance(norm, dict) or not norm.get("skip_first") or "norm.skip_first" in explicit:
+        return
+    entry = REGISTRY.entries["placement"].get(kind) if isinstance(kind, str) else None
+    if entry is not None and "skip_first" not in entry.provides:
+        norm["skip_first"] = False
 
 
 def compose_config(recipe: str, overrides: list[str] = ()) -> dict:

@@ -129,11 +129,17 @@ def test_deepnorm_scales_the_residual_by_alpha_and_the_init_by_beta():
         torch.testing.assert_close(layer(x, stream, pos), want)
 
 
-def test_deepnorm_and_post_refuse_skip_first_in_one_line():
+def test_skip_first_goes_with_a_placement_that_cannot_skip():
+    # inherited from ModernBERT's pre-norm recipe: dropped with the swap, like a block's settings
+    for placement in ("deepnorm", "post"):
+        spec = registry.validate("modernbert-tiny", [f"model/placement={placement}"])
+        assert spec.placement.kind == placement and spec.norm.skip_first is False
+    # asked for on the command line: kept, and refused in one line
     with pytest.raises(SpecError) as e:
-        registry.validate("modernbert-tiny", ["model/placement=deepnorm"])
+        registry.validate("modernbert-tiny", ["model/placement=deepnorm", "model.norm.skip_first=true"])
     (line,) = e.value.lines
     assert line.startswith("model.norm.skip_first: given True, allowed: false with placement 'deepnorm'")
+
 
 def test_t5_buckets_match_transformers_and_the_bias_is_the_table():
     from bertsmith.blocks.t5 import t5_bucket
@@ -173,3 +179,35 @@ def test_the_old_norm_placement_spelling_loads_or_is_refused_in_one_line():
         "model.norm.placement: given 'pre' (the old spelling) while model.placement is 'post'"
     )
 
+
+def test_the_new_blocks_train_and_export_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """All five in one small model: a few real training steps with `bertsmith train`, then
+    `bertsmith export --to hf` (remote code, checked against bertsmith's outputs on writing)."""
+    from bertsmith.train.cli import main
+
+    monkeypatch.setenv("BERTSMITH_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "model/placement=deepnorm",
+        "model/norm=scalenorm",
+        "model/positional=t5",
+        "model/activation=swish",
+        "model.mlp.activation.beta=1.5",
+        "model.n_layers=2",
+        "data.max_docs=200",
+        "data.max_val_docs=8",
+        "data.seq_len=64",
+        "data.batch_size=4",
+        "tokenizer.vocab_size=512",
+        "trainer.progress=false",
+        "trainer.max_steps=3",
+        "trainer.val_every=100",
+        f"hydra.run.dir={run}",
+    ]
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
+    spec = registry.load_spec(run / "model" / "spec.yaml")
+    assert (spec.placement.kind, spec.norm.kind, spec.positional.kind) == ("deepnorm", "scalenorm", "t5")
+    assert spec.mlp.activation.model_dump() == {"kind": "swish", "beta": 1.5, "learnable": False}
+    assert main(["export", str(run), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
+    assert "modeling_bertsmith.py" in {p.name for p in (tmp_path / "hf").iterdir()}
