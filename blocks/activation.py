@@ -7,9 +7,10 @@ name (``mlp.activation: gelu``) still reads as ``{kind: gelu}``.
 from __future__ import annotations
 
 import torch
-from bertsmith.registry.core import Params, register
 from pydantic import Field
 from torch import nn
+
+from bertsmith.registry.core import Params, register
 
 
 @register("activation", "gelu")

@@ -8,10 +8,11 @@ convention: 128 -> ±64, 129 keys).
 from __future__ import annotations
 
 import torch.nn.functional as F
-from bertsmith.blocks.roles import tag, tag_linear
-from bertsmith.registry.core import Params, Requirement, register
 from pydantic import Field
 from torch import Tensor, nn
+
+from bertsmith.blocks.roles import tag, tag_linear
+from bertsmith.registry.core import Params, Requirement, register
 
 _NEEDS_WINDOW = Requirement("kernel", ("window",), "local layers need a kernel that honours a window")
 

@@ -12,9 +12,10 @@ keep a gain of 1. ``alpha``/``beta`` override the formulas.
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from bertsmith.blocks.placement import Placement
 from bertsmith.registry.core import Params, register
-from pydantic import Field
 
 
 class DeepNormParams(Params):

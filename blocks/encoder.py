@@ -15,9 +15,10 @@ Forward, top to bottom::
 from __future__ import annotations
 
 import torch
+from torch import Tensor, nn
+
 from bertsmith.blocks.roles import tag_embedding
 from bertsmith.blocks.stream import Stream, repad, stream_from_cu_seqlens, unpad
-from torch import Tensor, nn
 
 
 class EncoderOutput:

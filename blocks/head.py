@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import torch
-from bertsmith.blocks.roles import tag, tag_embedding, tag_linear
-from bertsmith.registry.core import Params, SlotRef, register
 from pydantic import Field
 from torch import Tensor, nn
+
+from bertsmith.blocks.roles import tag, tag_embedding, tag_linear
+from bertsmith.registry.core import Params, SlotRef, register
 
 
 class MlmParams(Params):

@@ -14,10 +14,11 @@ import math
 from collections.abc import Callable
 
 import torch
-from bertsmith.blocks.roles import tagged
-from bertsmith.registry.core import Params, register
 from pydantic import Field
 from torch import nn
+
+from bertsmith.blocks.roles import tagged
+from bertsmith.registry.core import Params, register
 
 
 class InitParams(Params):

@@ -21,9 +21,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
 from bertsmith.blocks.band import band_attention, band_cost, padded_cost, split_attention
 from bertsmith.registry.core import Params, register
-from torch import Tensor
 
 
 def batch_mask(stream, window: int | None) -> Tensor | None:

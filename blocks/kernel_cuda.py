@@ -22,8 +22,9 @@ import importlib.util
 import warnings
 
 import torch
-from bertsmith.registry.core import register
 from torch import Tensor
+
+from bertsmith.registry.core import register
 
 
 class CudaKernel:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import torch
-from bertsmith.blocks.roles import tag_linear
-from bertsmith.registry.core import Params, SlotRef, register
 from pydantic import Field
 from torch import nn
+
+from bertsmith.blocks.roles import tag_linear
+from bertsmith.registry.core import Params, SlotRef, register
 
 
 class MlpParams(Params):

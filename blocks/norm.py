@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bertsmith.registry.core import Params, register
 from pydantic import Field
 from torch import nn
+
+from bertsmith.registry.core import Params, register
 
 
 class NormParams(Params):

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bertsmith.registry.core import register
 from torch import Tensor, nn
+
+from bertsmith.registry.core import register
 
 Sublayer = Callable[[Tensor, Tensor], Tensor]
 SITES = ("attn", "mlp")

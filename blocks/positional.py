@@ -21,11 +21,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+
 from bertsmith.blocks.roles import tag, tag_embedding, tag_linear
 from bertsmith.registry.core import Params, Requirement, register
 from bertsmith.registry.errors import problem
-from pydantic import Field, field_validator
-from torch import Tensor, nn
 
 
 class PositionContext:
@@ -220,11 +221,13 @@ class AlibiBias:
         return stream.cached(("alibi", q.device), make).to(q.dtype)
 
 
-class AlibiContext(PositionContext):
-    def __init__(self, bias: AlibiBias):
+class SharedBiasContext(PositionContext):
+    """A score bias that every layer shares (ALiBi's, T5's): the same object for each."""
+
+    def __init__(self, bias):
         self._bias = bias
 
-    def bias(self, attn: nn.Module) -> AlibiBias:
+    def bias(self, attn: nn.Module):
         return self._bias
 
 
@@ -241,8 +244,8 @@ class Alibi(PositionalScheme):
         super().__init__()
         self.n_heads = n_heads
 
-    def prepare(self, stream) -> AlibiContext:
-        return AlibiContext(AlibiBias(alibi_slopes(self.n_heads)))
+    def prepare(self, stream) -> SharedBiasContext:
+        return SharedBiasContext(AlibiBias(alibi_slopes(self.n_heads)))
 
 
 # --- DeBERTa's disentangled attention -----------------------------------------------------

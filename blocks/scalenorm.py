@@ -8,9 +8,10 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+
 from bertsmith.blocks.norm import NormParams
 from bertsmith.registry.core import register
-from torch import nn
 
 
 @register("norm", "scalenorm", params=NormParams)

@@ -6,9 +6,10 @@ setting or, with ``learnable: true``, a parameter trained with the model (initia
 from __future__ import annotations
 
 import torch
-from bertsmith.registry.core import Params, register
 from pydantic import Field
 from torch import nn
+
+from bertsmith.registry.core import Params, register
 
 
 class SwishParams(Params):

@@ -21,11 +21,12 @@ from __future__ import annotations
 import math
 
 import torch
-from bertsmith.blocks.positional import PositionalScheme, PositionContext
-from bertsmith.blocks.roles import tag_embedding
-from bertsmith.registry.core import Params, Requirement, register
 from pydantic import Field
 from torch import Tensor, nn
+
+from bertsmith.blocks.positional import PositionalScheme, SharedBiasContext
+from bertsmith.blocks.roles import tag_embedding
+from bertsmith.registry.core import Params, Requirement, register
 
 
 class T5Params(Params):
@@ -71,14 +72,6 @@ class T5Bias:
         return stream.cached(("t5_bias", q.device), make).to(q.dtype)
 
 
-class T5Context(PositionContext):
-    def __init__(self, bias: T5Bias):
-        self._bias = bias
-
-    def bias(self, attn: nn.Module) -> T5Bias:
-        return self._bias
-
-
 @register(
     "positional",
     "t5",
@@ -95,8 +88,8 @@ class T5RelativeBias(PositionalScheme):
         self.max_distance = max_distance
         self.table = tag_embedding(nn.Embedding(num_buckets, n_heads))
 
-    def prepare(self, stream) -> T5Context:
-        return T5Context(T5Bias(self))
+    def prepare(self, stream) -> SharedBiasContext:
+        return SharedBiasContext(T5Bias(self))
 
     def flops_per_query(self, d_model: int) -> int:
         return 0  # a gather and an add per score, no multiply-adds

@@ -10,12 +10,13 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from torch import nn
+
 from bertsmith.blocks.attention import SelfAttention
 from bertsmith.blocks.encoder import Embeddings, Encoder, EncoderLayer, EncoderModel
 from bertsmith.registry.core import REGISTRY, Entry
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.plugins import load_plugins
-from torch import nn
 
 # norm params that place norms in the encoder (read here), not settings of the norm module
 NORM_LAYOUT = {"embedding": True, "final": True, "skip_first": False}

@@ -33,10 +33,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+
 from bertsmith.registry.core import REGISTRY, SLOT_KEYS, SLOTS
 from bertsmith.registry.errors import SpecError, choice, nearest, shown, unusual_characters
 from bertsmith.registry.spec import parse_spec
-from omegaconf import DictConfig, OmegaConf
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

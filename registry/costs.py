@@ -9,8 +9,9 @@ plus what the positional scheme adds per query (DeBERTa's c2p/p2c products).
 from __future__ import annotations
 
 import torch
-from bertsmith.registry.builder import build, layer_plan
 from torch import nn
+
+from bertsmith.registry.builder import build, layer_plan
 
 
 def _linear_macs(module: nn.Module) -> int:

@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from bertsmith.registry.errors import SpecError
-from bertsmith.registry.spec import parse_spec, spec_dict
 from safetensors.torch import load_model, save_model
 from torch import nn
+
+from bertsmith.registry.errors import SpecError
+from bertsmith.registry.spec import parse_spec, spec_dict
 
 
 def atomic_write(path: Path, write) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.rules import availability_problems, problems
 

@@ -11,8 +11,6 @@ import math
 from dataclasses import replace
 from typing import Annotated, Any, Union
 
-from bertsmith.registry.core import REGISTRY, SLOT_KEYS, SlotRef
-from bertsmith.registry.errors import SpecError, choice, nearest, shown
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -25,6 +23,8 @@ from pydantic import (
 )
 
 from bertsmith import blocks  # noqa: F401  (fills the registry)
+from bertsmith.registry.core import REGISTRY, SLOT_KEYS, SlotRef
+from bertsmith.registry.errors import SpecError, choice, nearest, shown
 
 
 class _Frozen(BaseModel):

@@ -10,8 +10,8 @@ import math
 
 import pytest
 import torch
-from bertsmith.train.bench import CASES, Batch, bench, lengths_for
 
+from bertsmith.train.bench import CASES, Batch, bench, lengths_for
 from tests.helpers import bertsmith
 
 

@@ -5,14 +5,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
+from bertsmith import registry
 from bertsmith.blocks.activation import GeluTanh, Relu
 from bertsmith.blocks.head import ClassificationHead, MlmHead, mean_tokens
 from bertsmith.blocks.mlp import Glu
 from bertsmith.blocks.norm import RMSNorm
 from bertsmith.blocks.positional import Rope, Sinusoidal
 from bertsmith.blocks.stream import repad, stream_from_cu_seqlens, unpad
-
-from bertsmith import registry
 
 
 def test_unpad_repad_roundtrip_left_and_right_padding():

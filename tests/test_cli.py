@@ -12,14 +12,14 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
-from bertsmith.registry import REGISTRY
-from bertsmith.registry.spec import spec_dict
-from bertsmith.train.cli import _plain, parser
 
 from bertsmith import (
     blocks,  # noqa: F401  (fills REGISTRY, which this module reads at import)
     registry,
 )
+from bertsmith.registry import REGISTRY
+from bertsmith.registry.spec import spec_dict
+from bertsmith.train.cli import _plain, parser
 
 SCRIPT = Path(sys.executable).with_name("bertsmith")
 ENTRIES = [(e.slot, e.name) for e in REGISTRY]

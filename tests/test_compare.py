@@ -5,10 +5,10 @@ import json
 import statistics
 
 import pytest
-from bertsmith.train.callbacks import read_metrics
 from helpers import TINY_TRAIN, bertsmith
 
 from bertsmith import registry
+from bertsmith.train.callbacks import read_metrics
 
 TINY = [*TINY_TRAIN, "trainer.max_steps=4", "trainer.val_every=2", "model.n_layers=2"]
 

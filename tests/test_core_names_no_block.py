@@ -22,9 +22,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from bertsmith.registry.core import REGISTRY
-
 from bertsmith import registry  # noqa: F401  (fills the registry)
+from bertsmith.registry.core import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE = [*sorted((ROOT / "registry").glob("*.py")), ROOT / "blocks" / "encoder.py"]

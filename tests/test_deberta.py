@@ -22,12 +22,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from bertsmith.blocks.positional import log_bucket
-from bertsmith.registry import SpecError
-from bertsmith.train.hf import import_hf
 from helpers import max_diff, with_kernel
 
 from bertsmith import registry
+from bertsmith.blocks.positional import log_bucket
+from bertsmith.registry import SpecError
+from bertsmith.train.hf import import_hf
 
 TOL = 1e-5
 LENGTHS = [40, 31, 17, 6, 1]

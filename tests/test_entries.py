@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from bertsmith import registry
 from bertsmith.blocks.roles import tagged
 from bertsmith.registry.core import REGISTRY, SLOT_KEYS
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.rules import availability_problems
-
-from bertsmith import registry
 
 BASE = "modernbert-tiny"
 SMALL = ["model.n_layers=3", "model.d_model=64", "model.n_heads=2", "model.d_ff=96", "model.vocab_size=128"]

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bertsmith.registry import REGISTRY, SpecError
 
 from bertsmith import (
     blocks,  # noqa: F401  (fills REGISTRY, which this module reads at import)
     registry,
 )
+from bertsmith.registry import REGISTRY, SpecError
 
 SCRIPT = Path(sys.executable).with_name("bertsmith")
 BASE_RECIPE = {"vocab_size": 100, "d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 128}

@@ -19,12 +19,12 @@ import pytest
 import torch
 import transformers
 import yaml
-from bertsmith.train.export import export_hf, export_recipe, hf_family, read_remote_export
-from bertsmith.train.hf import import_hf
 from helpers import TINY_BERT, TINY_MODERNBERT, max_diff
 from safetensors.torch import load_file
 
 from bertsmith import registry
+from bertsmith.train.export import export_hf, export_recipe, hf_family, read_remote_export
+from bertsmith.train.hf import import_hf
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-5
@@ -214,9 +214,10 @@ def test_recipe_export_composes_back_to_the_same_spec(family, runs, cache, tmp_p
     assert swapped.model_copy(update={"positional": spec.positional}) == spec
 
     # usable as `bertsmith train model=<path>`: the train config composes to the same spec
+    from hydra import compose, initialize_config_dir
+
     from bertsmith.registry.composer import RECIPES
     from bertsmith.train.app import parse_config, prepare_overrides
-    from hydra import compose, initialize_config_dir
 
     pretrain = FAMILY_RUNS[family][0][0] if family != "deberta" else "pretrain=modernbert"
     overrides = prepare_overrides([f"model={path}", pretrain], tmp_path)  # pretrain=bert swaps the head

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_TRAIN, bertsmith, kill_when
+
+from bertsmith import registry
 from bertsmith.train.callbacks import read_metrics
 from bertsmith.train.finetune import data as D
 from bertsmith.train.finetune import metrics as M
 from bertsmith.train.finetune.config import FinetuneDataConfig, TaskConfig, parse_finetune_config
 from bertsmith.train.finetune.sift import divergence, perturbed, sift_loss
 from bertsmith.train.tokenizer import train_tokenizer
-from helpers import TINY_TRAIN, bertsmith, kill_when
-
-from bertsmith import registry
 
 CHANCE = 0.5
 MARGIN = 0.15  # required above chance; the runs below reach about 0.85-0.9

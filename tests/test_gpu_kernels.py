@@ -22,14 +22,14 @@ import textwrap
 
 import pytest
 import torch
+from helpers import ROOT
+
+from bertsmith import registry
 from bertsmith.blocks.kernel_cuda import FlashAttn, Xformers
 from bertsmith.blocks.positional import AlibiBias, alibi_slopes
 from bertsmith.blocks.stream import stream_from_cu_seqlens
 from bertsmith.registry.core import REGISTRY
 from bertsmith.registry.rules import availability_problems
-from helpers import ROOT
-
-from bertsmith import registry
 
 CUDA = torch.cuda.is_available()
 CUDA_ONLY = {"flash_attn": FlashAttn, "xformers": Xformers}

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import yaml
-from bertsmith.registry.errors import SpecError
 
 from bertsmith import registry
+from bertsmith.registry.errors import SpecError
 
 
 def _model(*overrides, head=None):

@@ -13,11 +13,11 @@ import math
 
 import pytest
 import torch
+
+from bertsmith import registry
 from bertsmith.blocks.positional import AlibiBias, alibi_slopes
 from bertsmith.blocks.stream import stream_from_cu_seqlens
 from bertsmith.registry.core import REGISTRY, Requirement
-
-from bertsmith import registry
 
 TOL = 1e-5
 ALL_KERNELS = ("eager", "sdpa", "flex")

@@ -8,10 +8,10 @@ import math
 
 import pytest
 import torch
-from bertsmith.blocks.roles import tagged
-from bertsmith.registry.errors import SpecError
 
 from bertsmith import registry
+from bertsmith.blocks.roles import tagged
+from bertsmith.registry.errors import SpecError
 
 SMALL = ["model.n_layers=3", "model.d_model=64", "model.n_heads=2", "model.d_ff=96", "model.vocab_size=128"]
 
@@ -142,8 +142,9 @@ def test_skip_first_goes_with_a_placement_that_cannot_skip():
 
 
 def test_t5_buckets_match_transformers_and_the_bias_is_the_table():
-    from bertsmith.blocks.t5 import t5_bucket
     from transformers.models.t5.modeling_t5 import T5Attention
+
+    from bertsmith.blocks.t5 import t5_bucket
 
     rel = torch.arange(-300, 301)
     for buckets, distance in ((32, 128), (8, 20), (64, 256)):

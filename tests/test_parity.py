@@ -20,11 +20,11 @@ import math
 
 import pytest
 import torch
-from bertsmith.blocks.positional import alibi_slopes
-from bertsmith.train.hf import import_hf
 from helpers import TINY_BERT, TINY_MODERNBERT, max_diff, with_kernel
 
 from bertsmith import registry
+from bertsmith.blocks.positional import alibi_slopes
+from bertsmith.train.hf import import_hf
 
 TOL = 1e-5
 LENGTHS = [40, 31, 17, 6, 1]  # right padding to 40; ModernBERT's window (16 -> ±8) is shorter

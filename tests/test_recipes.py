@@ -13,14 +13,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from bertsmith.registry import REGISTRY, SpecError
-from bertsmith.registry.composer import compose_config
-from bertsmith.registry.core import SLOT_KEYS
 
 from bertsmith import (
     blocks,  # noqa: F401  (fills REGISTRY, which this module reads at import)
     registry,
 )
+from bertsmith.registry import REGISTRY, SpecError
+from bertsmith.registry.composer import compose_config
+from bertsmith.registry.core import SLOT_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "recipes" / "model"
@@ -257,9 +257,10 @@ def test_sequence_heads_ignore_padding(overrides, key):
 def test_every_entry_is_an_option_without_a_file():
     """``model/<slot>=<name>`` needs no YAML: the registry's entries are generated into
     Hydra's ConfigStore as ``{kind: <name>}`` at the slot's key."""
-    from bertsmith.registry.composer import presets, register_configs
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
+
+    from bertsmith.registry.composer import presets, register_configs
 
     register_configs()
     for slot, name in ENTRIES:

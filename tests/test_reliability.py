@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from bertsmith.registry.errors import SpecError
-from bertsmith.train.callbacks import AtomicCheckpointIO, read_metrics
 from helpers import ROOT, TINY_TRAIN, bertsmith, kill_when
 
 from bertsmith import registry
+from bertsmith.registry.errors import SpecError
+from bertsmith.train.callbacks import AtomicCheckpointIO, read_metrics
 
 # --- 1. a corpus of malformed recipes and overrides ---------------------------------------------
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+
+from bertsmith import registry
 from bertsmith.registry.composer import compose_config, model_names
 from bertsmith.registry.spec import spec_dict
 from bertsmith.train.cli import main as cli_main
-
-from bertsmith import registry
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "model"
 

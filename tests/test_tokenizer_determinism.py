@@ -14,6 +14,9 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
+from tokenizers import Tokenizer
+
 from bertsmith.train import corpus
 from bertsmith.train.config import TokenizerConfig
 from bertsmith.train.tokenizer import (
@@ -25,8 +28,6 @@ from bertsmith.train.tokenizer import (
     tokenizer_sha256,
     train_tokenizer,
 )
-from helpers import ROOT
-from tokenizers import Tokenizer
 
 KINDS = ("wordpiece", "bpe")
 

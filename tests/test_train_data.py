@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
+
 from bertsmith.registry.errors import SpecError
 from bertsmith.train import corpus
 from bertsmith.train.config import DataConfig, ScheduleConfig, TokenizerConfig, TrainConfig

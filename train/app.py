@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from bertsmith.registry.composer import (
     RECIPES,
     file_option_name,
@@ -33,7 +35,6 @@ from bertsmith.registry.composer import (
     swappable_copy,
 )
 from bertsmith.registry.errors import SpecError, choice, nearest
-from omegaconf import DictConfig, OmegaConf
 
 SETTINGS = ("data", "tokenizer", "objective", "optim", "schedule", "trainer")  # typed in train.config
 GROUPS = ("model", *SETTINGS, "pretrain", "ablation", "sweep", "launcher")
@@ -123,9 +124,10 @@ def _model_choice(value: str, tmp: Path) -> list[str]:
 
 def parse_config(cfg: DictConfig, task_overrides: list[str]):
     """(EncoderSpec, TrainConfig) from a composed ``train`` config."""
+    from omegaconf.errors import OmegaConfBaseException
+
     from bertsmith.registry.spec import parse_spec
     from bertsmith.train.config import parse_train_config
-    from omegaconf.errors import OmegaConfBaseException
 
     try:
         data = OmegaConf.to_container(cfg, resolve=True)
@@ -298,8 +300,9 @@ def _train_job(cfg: DictConfig):
 
 def run(cfg: DictConfig) -> dict:
     """Train one job; returns its summary (also printed)."""
-    from bertsmith.train.loop import train
     from hydra.core.hydra_config import HydraConfig
+
+    from bertsmith.train.loop import train
 
     hc = HydraConfig.get()
     spec, tcfg = parse_config(cfg, list(hc.overrides.task))

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
 from bertsmith.train.cli import CASES
 from bertsmith.train.loop import PeakRSS
 
@@ -86,10 +87,10 @@ class Row:
 
 def hf_pair(family: str, size: str, layers: int | None, kernel: str, device: str):
     """(transformers masked-LM model, our model with the same weights), both in eval mode."""
-    from bertsmith.train.hf import import_hf
     from transformers import AutoModelForMaskedLM, BertConfig, ModernBertConfig
 
     from bertsmith import registry
+    from bertsmith.train.hf import import_hf
 
     shape = dict(SHAPES[family][size])
     if layers is not None:
@@ -376,9 +377,8 @@ def format_row(r: Row) -> str:
 
 def check_kernel(kernel: str, families, device: str, training: bool) -> None:
     """Refuse, before any work, a kernel that is unknown or cannot run a family's model here."""
-    from bertsmith.registry.errors import SpecError, choice
-
     from bertsmith import registry
+    from bertsmith.registry.errors import SpecError, choice
 
     names = registry.REGISTRY.names("kernel")
     if kernel not in names:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from bertsmith.registry.errors import SpecError
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
+
+from bertsmith.registry.errors import SpecError
 
 COLUMNS = ["step", "train_loss", "lr", "tokens_per_s", "val_loss", "val_mlm_acc", "val_nsp_acc"]
 

@@ -11,6 +11,7 @@ import json
 import sys
 
 import yaml
+
 from bertsmith.registry.errors import SpecError
 
 
@@ -94,9 +95,8 @@ def _cmd_schema(args) -> None:
 
 
 def _cmd_inspect(args) -> None:
-    from bertsmith.registry.spec import spec_dict
-
     from bertsmith import registry
+    from bertsmith.registry.spec import spec_dict
 
     if args.seq_len is not None and args.seq_len < 1:
         raise SpecError(f"--seq-len: given {args.seq_len}, allowed: a positive integer")

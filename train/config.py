@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from bertsmith.registry.errors import SpecError, nearest, shown
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bertsmith.registry.errors import SpecError, nearest, shown
 
 
 class _Cfg(BaseModel):

@@ -20,11 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch.utils.data import Dataset, IterableDataset, Sampler
+
 from bertsmith.registry.errors import SpecError
 from bertsmith.train import corpus
 from bertsmith.train.packing import Sequence, best_fit, efficiency, nsp_pairs, split_documents
 from bertsmith.train.tokenizer import Tok, get_tokenizer
-from torch.utils.data import Dataset, IterableDataset, Sampler
 
 IGNORE = -100
 

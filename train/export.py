@@ -37,14 +37,14 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from bertsmith import registry
 from bertsmith.registry.core import REGISTRY, SLOT_KEYS
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import atomic_write, spec_to_yaml
 from bertsmith.registry.spec import spec_dict
 from bertsmith.train import remote
 from bertsmith.train.hf import BASE_PREFIX, FAMILIES, key_map, spec_from_config
-
-from bertsmith import registry
 
 TITLES = {"bert": "BERT", "roberta": "RoBERTa", "deberta-v2": "DeBERTa-v2", "modernbert": "ModernBERT"}
 CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "deberta-v2": "DebertaV2", "modernbert": "ModernBert"}

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import torch
+
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.spec import parse_spec
 

@@ -16,10 +16,9 @@ import json
 import tempfile
 from pathlib import Path
 
+from bertsmith import registry
 from bertsmith.registry.errors import SpecError
 from bertsmith.train.config import TokenizerConfig
-
-from bertsmith import registry
 
 
 def pretraining_head(nsp: bool):

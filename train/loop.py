@@ -14,6 +14,9 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from torch.utils.data import DataLoader
+
+from bertsmith import registry
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import atomic_write
 from bertsmith.registry.spec import parse_spec, spec_dict
@@ -22,9 +25,6 @@ from bertsmith.train.callbacks import AtomicCheckpointIO, MetricsCSV, StepProgre
 from bertsmith.train.data import Data, StreamingBatches, build_data
 from bertsmith.train.module import NonFiniteError, PretrainModule, all_finite
 from bertsmith.train.tokenizer import Tok, file_sha256, load_tokenizer
-from torch.utils.data import DataLoader
-
-from bertsmith import registry
 
 
 class PretrainDataModule(L.LightningDataModule):

@@ -16,6 +16,7 @@ import time
 import lightning as L
 import torch
 import torch.nn.functional as F
+
 from bertsmith.train.data import IGNORE
 from bertsmith.train.optim import lr_factor, make_optimizer
 

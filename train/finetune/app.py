@@ -18,10 +18,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from bertsmith.registry.composer import RECIPES, reject_targets
 from bertsmith.registry.errors import SpecError, choice, nearest
 from bertsmith.train.app import hydra_app, hydra_line
-from omegaconf import DictConfig, OmegaConf
 
 GROUPS = ("task", "optim", "schedule", "launcher")
 SECTIONS = ("task", "data", "sift", "optim", "schedule", "trainer")  # any of their keys may be set
@@ -67,8 +68,9 @@ def prepare_overrides(args: list[str]) -> list[str]:
 
 
 def parse_config(cfg: DictConfig):
-    from bertsmith.train.finetune.config import parse_finetune_config
     from omegaconf.errors import OmegaConfBaseException
+
+    from bertsmith.train.finetune.config import parse_finetune_config
 
     try:
         data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
@@ -191,9 +193,10 @@ def main(args: list[str]) -> int:
 
 
 def _finetune_job(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+
     from bertsmith.registry.composer import prepare
     from bertsmith.train.finetune.run import finetune
-    from hydra.core.hydra_config import HydraConfig
 
     prepare()  # a job in another process (a launcher's) loads the plugins too
     out = Path(HydraConfig.get().runtime.output_dir)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from bertsmith.registry.errors import nearest
 from bertsmith.train.config import OptimConfig, ScheduleConfig, validate_config
 from bertsmith.train.finetune.metrics import METRICS
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Cfg(BaseModel):

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import Dataset
+
 from bertsmith.registry.errors import SpecError, nearest
 from bertsmith.train.tokenizer import Tok
-from torch.utils.data import Dataset
 
 IGNORE = -100
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")

@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+
 from bertsmith.train.finetune import metrics as M
 from bertsmith.train.finetune.data import IGNORE
 from bertsmith.train.finetune.sift import sift_loss

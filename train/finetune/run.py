@@ -17,6 +17,9 @@ from pathlib import Path
 import lightning as L
 import torch
 import yaml
+from torch.utils.data import DataLoader
+
+from bertsmith import registry
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import atomic_write, spec_file_text
 from bertsmith.registry.spec import spec_dict
@@ -27,9 +30,6 @@ from bertsmith.train.finetune.metrics import majority_accuracy
 from bertsmith.train.finetune.module import FinetuneCSV, FinetuneModule, csv_columns
 from bertsmith.train.finetune.source import check_length, load_source, resolve, runs_in, with_new_head
 from bertsmith.train.loop import PeakRSS, check_run_dir
-from torch.utils.data import DataLoader
-
-from bertsmith import registry
 
 
 class _Batches(L.LightningDataModule):

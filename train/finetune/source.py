@@ -14,11 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+from bertsmith import registry
 from bertsmith.registry.errors import SpecError
 from bertsmith.train import init_from as pretrain_init
 from bertsmith.train.tokenizer import load_tokenizer
-
-from bertsmith import registry
 
 
 def is_run(d: Path) -> bool:

@@ -24,10 +24,9 @@ import sys
 from importlib import import_module
 from pathlib import Path
 
+from bertsmith import registry
 from bertsmith.registry.core import BUILTIN
 from bertsmith.registry.errors import SpecError
-
-from bertsmith import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 FILE = "modeling_bertsmith.py"

@@ -20,12 +20,13 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
-from bertsmith.blocks.encoder import EncoderModel
-from bertsmith.registry.builder import build
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
 from transformers.utils import ModelOutput
+
+from bertsmith.blocks.encoder import EncoderModel
+from bertsmith.registry.builder import build
 
 try:  # transformers 5: init functions that skip weights loaded from the checkpoint
     from transformers import initialization as _init
