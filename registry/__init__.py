@@ -42,3 +42,4 @@ def __getattr__(name: str):
 
 
 from bertsmith import blocks  # noqa: E402,F401  (fills REGISTRY; blocks import registry.core, defined above)
+from bertsmith.registry import plugins  # noqa: E402,F401  (loads plugins for a name a pickle asks for)

@@ -204,14 +204,17 @@ def register(
     return deco
 
 
+# called when a name is missing here (``registry.plugins`` adds ``load_plugins``): a params
+# model of a plugin's block that this process has not registered yet, met while unpickling a
+# spec in a DDP or launcher worker
+on_missing_name: list[Callable[[], Any]] = []
+
+
 def __getattr__(name: str):
-    """A params model of a plugin's block that is not registered in this process yet (a spec
-    unpickled in a DDP or launcher worker): load the plugins, then look again."""
     if name.startswith("__"):
         raise AttributeError(name)
-    from bertsmith.registry.plugins import load_plugins
-
-    load_plugins()
-    if name in globals():
-        return globals()[name]
+    for hook in on_missing_name:
+        hook()
+        if name in globals():
+            return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,7 +31,7 @@ import os
 import sys
 from typing import Any
 
-from bertsmith.registry.core import BUILTIN, REGISTRY, SLOT_KEYS, SLOTS, _current_source
+from bertsmith.registry.core import BUILTIN, REGISTRY, SLOT_KEYS, SLOTS, _current_source, on_missing_name
 from bertsmith.registry.errors import SpecError, shown
 
 ENTRY_POINT_GROUP = "bertsmith.blocks"
@@ -241,3 +241,6 @@ def missing_plugin_lines(data: Any, recorded: Any, prefix: str = "spec.") -> lis
         if name not in REGISTRY.entries[slot]:
             lines.append(missing_plugin_line(str(key), kind, plugin, prefix))
     return lines
+
+
+on_missing_name.append(load_plugins)  # see registry.core.on_missing_name
