@@ -26,7 +26,7 @@ def global_plan(n_layers: int) -> list[int | None]:
 class LocalParams(Params):
     """Window w: each query sees the w // 2 keys on either side, inclusive."""
 
-    window: int = Field(128, gt=0)
+    window: int = Field(128, gt=0, description="keys a local query sees: w // 2 on each side")
 
 
 @register("attention", "local", params=LocalParams, requires=[_NEEDS_WINDOW])
@@ -38,7 +38,7 @@ def local_plan(n_layers: int, window: int = 128) -> list[int | None]:
 class AlternatingParams(LocalParams):
     """Layer i is global iff i % global_every == 0, local with ``window`` otherwise."""
 
-    global_every: int = Field(3, ge=1)
+    global_every: int = Field(3, ge=1, description="layer i is global iff i % global_every == 0")
 
 
 @register("attention", "alternating", params=AlternatingParams, requires=[_NEEDS_WINDOW])

@@ -24,9 +24,9 @@ class MlmParams(Params):
     activation: Annotated[Any, SlotRef("activation")] = Field(
         "gelu", description="the transform's activation"
     )
-    transform: bool = True
-    tied: bool = True
-    sparse: bool = True
+    transform: bool = Field(True, description="dense + activation + norm before the decoder")
+    tied: bool = Field(True, description="the decoder shares the token embedding")
+    sparse: bool = Field(True, description="decode only the masked tokens")
 
 
 @register("head", "mlm", params=MlmParams, provides={"masked_lm"})
@@ -123,7 +123,7 @@ class EmdParams(MlmParams):
     """MLM head params, plus ``steps``: how many times the encoder's last layer decodes the
     position-enriched query stream (DeBERTa: 2, sharing that layer's weights)."""
 
-    steps: int = Field(2, ge=1)
+    steps: int = Field(2, ge=1, description="passes of the shared last layer")
 
 
 @register("head", "emd", params=EmdParams, provides={"masked_lm"})
@@ -190,13 +190,13 @@ class EmdHead(MlmHead):
 class ClassificationParams(Params):
     """Pool ([CLS] or mean), then dense + act (+ norm), dropout, and a linear classifier."""
 
-    num_labels: int = Field(2, ge=1)
-    pooling: Literal["cls", "mean"] = "cls"
+    num_labels: int = Field(2, ge=1, description="classes (1: regression)")
+    pooling: Literal["cls", "mean"] = Field("cls", description="[CLS] token or the mean of the tokens")
     activation: Annotated[Any, SlotRef("activation")] = Field(
         "gelu", description="the transform's activation"
     )
-    norm: bool = True
-    dropout: float = Field(0.0, ge=0, lt=1)
+    norm: bool = Field(True, description="a norm after the dense layer")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier")
 
 
 @register("head", "classification", params=ClassificationParams, provides={"sequence_labels"})
@@ -233,8 +233,8 @@ class ClassificationHead(nn.Module):
 class TokenClassificationParams(Params):
     """A label per token: dropout, then a linear classifier on each token's final state."""
 
-    num_labels: int = Field(2, ge=1)
-    dropout: float = Field(0.0, ge=0, lt=1)
+    num_labels: int = Field(2, ge=1, description="labels per token")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the classifier")
 
 
 @register("head", "token_classification", params=TokenClassificationParams, provides={"token_labels"})

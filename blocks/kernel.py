@@ -21,6 +21,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
 from bertsmith.blocks.band import band_attention, band_cost, padded_cost, split_attention
@@ -89,8 +90,10 @@ class SdpaParams(Params):
     wherever it can run: a score bias that differs per sequence (DeBERTa's) needs the padded
     layout, and a one-sequence batch has nothing to split."""
 
-    band: Literal["auto", "always", "never"] = "auto"
-    split: Literal["auto", "always", "never"] = "auto"
+    band: Literal["auto", "always", "never"] = Field("auto", description="local layers in the band layout")
+    split: Literal["auto", "always", "never"] = Field(
+        "auto", description="global layers one sequence at a time"
+    )
 
 
 @register("kernel", "sdpa", params=SdpaParams, provides=CORE_CAPS)
@@ -136,7 +139,7 @@ class FlexParams(Params):
     """``compile``: run ``torch.compile(flex_attention)`` (fused; the first call per shape
     compiles for tens of seconds). Uncompiled flex materialises the scores, for tests."""
 
-    compile: bool = False
+    compile: bool = Field(False, description="wrap flex_attention in torch.compile")
 
 
 @register(

@@ -70,7 +70,7 @@ class NoPositions(PositionalScheme):
 class LearnedParams(Params):
     """``offset`` shifts every position id: RoBERTa's tables start at pad_token_id + 1 = 2."""
 
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, description="positions start here (RoBERTa: pad id + 1)")
 
 
 @register("positional", "learned", params=LearnedParams, provides={"embedding", "bounded"})
@@ -116,9 +116,9 @@ class RopeParams(Params):
     """``local_theta`` for local-window layers (default: ``theta``); ``dim`` rotated dims
     per head (default: all)."""
 
-    theta: float = Field(10000.0, gt=0)
-    local_theta: float | None = Field(None, gt=0)
-    dim: int | None = Field(None, gt=0)
+    theta: float = Field(10000.0, gt=0, description="rotary base θ (of global layers)")
+    local_theta: float | None = Field(None, gt=0, description="θ of local-window layers; null: theta")
+    dim: int | None = Field(None, gt=0, description="rotated dimensions per head; null: all")
 
     @field_validator("dim")
     @classmethod
@@ -260,12 +260,16 @@ class DisentangledParams(Params):
     layer's own query/key projections, else with separate per-layer ones; ``dropout`` on the
     relative embeddings, per layer."""
 
-    pos_att_type: tuple[Literal["c2p", "p2c"], ...] = Field(("p2c", "c2p"), strict=False)
-    position_buckets: int = Field(256, ge=0)
-    max_relative_positions: int | None = Field(None, gt=1)
-    norm_rel_ebd: bool = True
-    share_att_key: bool = True
-    dropout: float = Field(0.0, ge=0, lt=1)
+    pos_att_type: tuple[Literal["c2p", "p2c"], ...] = Field(
+        ("p2c", "c2p"), strict=False, description="relative terms: c2p, p2c or both"
+    )
+    position_buckets: int = Field(
+        256, ge=0, description="log buckets of distance; 0: plain clipped distances"
+    )
+    max_relative_positions: int | None = Field(None, gt=1, description="farthest distance; null: max_seq_len")
+    norm_rel_ebd: bool = Field(True, description="normalise the relative embeddings")
+    share_att_key: bool = Field(True, description="project them with the layer's own q/k projections")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the relative embeddings")
 
     @field_validator("pos_att_type")
     @classmethod
