@@ -35,6 +35,7 @@ from bertsmith.registry.composer import (
     swappable_copy,
 )
 from bertsmith.registry.errors import SpecError, choice, nearest
+from bertsmith.train.hydra_app import hydra_app, hydra_line
 
 SETTINGS = ("data", "tokenizer", "objective", "optim", "schedule", "trainer")  # typed in train.config
 GROUPS = ("model", *SETTINGS, "pretrain", "ablation", "sweep", "launcher")
@@ -216,16 +217,6 @@ def precheck_swaps(overrides: list[str]) -> None:
             finish_model_config(data, explicit, swaps)
 
 
-def hydra_line(msg: str) -> str:
-    """One line from a Hydra or OmegaConf error message."""
-    msg = " ".join(msg.split())
-    if m := re.search(r"Could not override '([^']+)'.*?Key '([^']+)' is not in struct", msg):
-        return f"{m[1]}: unknown key"
-    if m := re.search(r"Could not find '([^']+)'", msg):
-        return f"{m[1]}: not found"
-    return f"config: {msg[:300]}"
-
-
 def main(args: list[str]) -> int:
     """Entry point of ``bertsmith train``; returns the exit code."""
     tmp = Path(tempfile.mkdtemp(prefix="bertsmith-train-"))
@@ -247,46 +238,6 @@ def main(args: list[str]) -> int:
         return hydra_app("train", "bertsmith train", overrides, _train_job)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def hydra_app(config_name: str, prog: str, overrides: list[str], job) -> int:
-    """Run the Hydra app ``recipes/<config_name>.yaml`` with ``overrides``; ``job(cfg)`` runs
-    each job, guarded so a user error is one line. Returns the exit code."""
-    import hydra
-
-    @hydra.main(config_path=str(RECIPES), config_name=config_name, version_base="1.3")
-    def _entry(cfg: DictConfig):
-        return _guarded(job, cfg)
-
-    saved = sys.argv
-    sys.argv = [prog, *overrides]
-    try:
-        _entry()
-    except SystemExit as e:
-        return int(e.code or 0)
-    finally:
-        sys.argv = saved
-    return 0
-
-
-def _guarded(job, cfg: DictConfig):
-    """One job: a user error or a numerical stop is printed as one line and exits (2, or 1);
-    in a sweep the job's directory gets a FAILED file saying why and the sweep goes on."""
-    from hydra.core.hydra_config import HydraConfig
-
-    hc = HydraConfig.get()
-    try:
-        return job(cfg)
-    except SpecError as e:
-        lines, failed, code = e.lines, "\n".join(e.lines), 2
-    except FloatingPointError as e:
-        lines, failed, code = [f"{e}; the last good checkpoint is kept in checkpoints/"], str(e), 1
-    for line in lines:
-        print(f"error: {line}", file=sys.stderr)
-    if hc.mode.name == "MULTIRUN":  # one bad job must not end the sweep; its run dir says why
-        (Path(hc.runtime.output_dir) / "FAILED").write_text(failed + "\n")
-        return None
-    sys.exit(code)
 
 
 def _train_job(cfg: DictConfig):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bertsmith.train.cli import CASES
+from bertsmith.train.bench_cases import CASES
 from bertsmith.train.loop import PeakRSS
 
 SHAPES = {

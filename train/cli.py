@@ -13,6 +13,7 @@ import sys
 import yaml
 
 from bertsmith.registry.errors import SpecError
+from bertsmith.train.bench_cases import CASES  # no torch: --help stays quick
 
 
 def _plain(value):
@@ -176,9 +177,6 @@ def _cmd_export(args) -> None:
             f"outputs match bertsmith's within {worst:.1e}"
             + (f"\n  why not a transformers class: {plan.reason}" if plan.reason else "")
         )
-
-
-CASES = ("fixed", "variable", "long", "mlm")  # train/bench.py's, named here so --help needs no torch
 
 
 def _cmd_bench(args) -> None:

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bertsmith.registry.composer import RECIPES, reject_targets
 from bertsmith.registry.errors import SpecError, choice, nearest
-from bertsmith.train.app import hydra_app, hydra_line
+from bertsmith.train.hydra_app import hydra_app, hydra_line
 
 GROUPS = ("task", "optim", "schedule", "launcher")
 SECTIONS = ("task", "data", "sift", "optim", "schedule", "trainer")  # any of their keys may be set
