@@ -24,7 +24,6 @@ leaves nothing behind.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import os
 import shutil
@@ -44,6 +43,7 @@ from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import atomic_write, spec_to_yaml
 from bertsmith.registry.spec import spec_dict
 from bertsmith.train import remote
+from bertsmith.train.callbacks import read_metrics
 from bertsmith.train.hf import BASE_PREFIX, FAMILIES, key_map, spec_from_config
 
 TITLES = {"bert": "BERT", "roberta": "RoBERTa", "deberta-v2": "DeBERTa-v2", "modernbert": "ModernBERT"}
@@ -581,11 +581,7 @@ def read_run(run_dir: Path | None) -> tuple[dict, list[dict]]:
     cfg = {}
     if (run_dir / "config.yaml").is_file():
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    rows = []
-    if (run_dir / "metrics.csv").is_file():
-        with (run_dir / "metrics.csv").open(newline="") as f:
-            rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in csv.DictReader(f)]
-    return cfg, rows
+    return cfg, read_metrics(run_dir / "metrics.csv")
 
 
 def _fmt(value) -> str:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bertsmith.train.data import IGNORE
-from bertsmith.train.optim import lr_factor, make_optimizer
+from bertsmith.train.optim import make_optimizer, make_scheduler
 
 
 class NonFiniteError(FloatingPointError):
@@ -125,9 +125,7 @@ class PretrainModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = make_optimizer(self.model, self.optim_cfg)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, self.max_steps, self.schedule_cfg)
-        )
+        sched = make_scheduler(opt, self.max_steps, self.schedule_cfg)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -65,4 +65,5 @@ def lr_factor(step: int, total: int, cfg) -> float:
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, total: int, cfg):
+    """The per-step schedule both Lightning modules use: ``lr_factor`` times the base rate."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from bertsmith.train.finetune import metrics as M
 from bertsmith.train.finetune.data import IGNORE
 from bertsmith.train.finetune.sift import sift_loss
-from bertsmith.train.optim import lr_factor, make_optimizer
+from bertsmith.train.optim import make_optimizer, make_scheduler
 
 
 class FinetuneModule(L.LightningModule):
@@ -101,8 +101,7 @@ class FinetuneModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = make_optimizer(self.model, self.cfg.optim)
-        steps = self.cfg.trainer.max_steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, self.cfg.schedule))
+        sched = make_scheduler(opt, self.cfg.trainer.max_steps, self.cfg.schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
