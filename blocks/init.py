@@ -40,13 +40,31 @@ def apply_roles(
     tagged bias. ``gain(roles)`` comes from the model's placement, if it has one (DeepNorm's β
     on value, attention-out and MLP weights), else 1."""
     gain = getattr(model, "init_gain", None) or (lambda roles: 1.0)
+    draws: dict[int, tuple[nn.Parameter, list]] = {}  # per parameter, in order: (rows, std or None)
+    for _, param, rows, roles in tagged(model):
+        std = None if "bias" in roles else std_for(roles) * gain(roles)
+        draws.setdefault(id(param), (param, []))[1].append((rows, std))
     with torch.no_grad():
-        for _, param, rows, roles in tagged(model):
-            t = param if rows is None else param[rows]
-            if "bias" in roles:
-                t.zero_()
-            else:
-                fill(t, std_for(roles) * gain(roles))
+        for param, parts in draws.values():
+            stds = {std for _, std in parts}
+            if len(stds) == 1 and None not in stds and len(parts) > 1 and _covers(param, parts):
+                # row slices that all get the same std (q, k, v of the fused QKV weight): one draw
+                # of the whole tensor, so the random stream is the one a plain weight would use
+                parts = [(None, stds.pop())]
+            for rows, std in parts:
+                t = param if rows is None else param[rows]
+                if std is None:
+                    t.zero_()
+                else:
+                    fill(t, std)
+
+
+def _covers(param: torch.Tensor, parts: list) -> bool:
+    """Whether the row slices in ``parts`` cover every row of ``param``."""
+    covered = torch.zeros(param.shape[0], dtype=torch.bool)
+    for rows, _ in parts:
+        covered[rows if rows is not None else slice(None)] = True
+    return bool(covered.all())
 
 
 def _normal(t: torch.Tensor, std: float) -> None:
