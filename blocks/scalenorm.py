@@ -1,6 +1,7 @@
 """ScaleNorm (slot ``norm``): one learned scale per norm, g · x / ‖x‖ (Nguyen & Salazar 2019,
 "Transformers without Tears"), with g initialised to √d so a unit-variance input keeps its
-scale. No bias and no per-dimension gain: the spec's ``bias.norm`` does not apply to it.
+scale. No bias and no per-dimension gain: a spec that asks for norm biases (``bias.norm:
+true``) is refused in one line rather than silently built without them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,17 @@ from torch import nn
 
 from bertsmith.blocks.norm import NormParams
 from bertsmith.registry.core import register
+from bertsmith.registry.errors import problem
 
 
-@register("norm", "scalenorm", params=NormParams)
+def _no_bias(spec) -> list[str]:
+    """ScaleNorm has no bias to honour ``bias.norm: true`` with."""
+    if spec.bias.norm:
+        return [problem("model.bias.norm", True, "false with norm 'scalenorm', which has no bias")]
+    return []
+
+
+@register("norm", "scalenorm", params=NormParams, check=_no_bias)
 class ScaleNorm(nn.Module):
     """ScaleNorm, g·x/‖x‖ with one learned scale g initialised to √d (Nguyen & Salazar 2019)."""
 

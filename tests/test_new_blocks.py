@@ -73,6 +73,18 @@ def test_scalenorm_is_g_x_over_norm_with_g_sqrt_d_kept_through_init():
     torch.testing.assert_close(norm(x), math.sqrt(64) * x / x.norm(dim=-1, keepdim=True))
 
 
+def test_scalenorm_refuses_norm_biases_it_cannot_have():
+    with pytest.raises(SpecError) as e:
+        registry.validate("bert-tiny", ["model/norm=scalenorm"])  # BERT's norms have biases
+    assert e.value.lines == [
+        "model.bias.norm: given True, allowed: false with norm 'scalenorm', which has no bias"
+    ]
+    assert (
+        registry.validate("bert-tiny", ["model/norm=scalenorm", "model.bias.norm=false"]).norm.kind
+        == "scalenorm"
+    )
+
+
 def test_sandwich_wires_a_norm_before_and_after_each_sublayer():
     model = _model("model/placement=sandwich")
     layer = model.encoder.layers[1]
