@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from bertsmith.train.bench import CASES, Batch, bench, lengths_for
+from bertsmith.train.tools.bench import CASES, Batch, bench, lengths_for
 from tests.helpers import bertsmith
 
 
@@ -78,7 +78,7 @@ def test_cli_json_and_refusals(tmp_path):
 
 def test_a_kernel_that_cannot_run_is_refused_before_any_work():
     from bertsmith.registry.errors import SpecError
-    from bertsmith.train.bench import check_kernel
+    from bertsmith.train.tools.bench import check_kernel
 
     with pytest.raises(SpecError) as e:
         check_kernel("nope", ["bert"], "cpu", training=True)

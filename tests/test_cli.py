@@ -28,7 +28,7 @@ ENTRIES = [(e.slot, e.name) for e in REGISTRY]
 def _subcommands() -> list[str]:
     (sub,) = [a for a in parser()._actions if a.dest == "command"]
     names = list(sub.choices)
-    if importlib.util.find_spec("bertsmith.train.app") is not None:
+    if importlib.util.find_spec("bertsmith.train.pretrain.app") is not None:
         names.append("train")  # dispatched to the Hydra app before argparse
     return names
 

@@ -76,7 +76,7 @@ def test_runs_of_a_variant_on_different_tokenizers_show_each(grid, tmp_path):
     one variant that trained on different tokenizers are told apart in the column."""
     import shutil
 
-    from bertsmith.train.tokenizer import file_sha256
+    from bertsmith.train.pretrain.tokenizer import file_sha256
 
     sweep, cache = grid
     copy = tmp_path / "sweep"

@@ -1,7 +1,7 @@
 """DeBERTa-v3 as a recipe: disentangled attention, log buckets, the enhanced mask decoder.
 
 Parity: tiny random ``DebertaV2ForMaskedLM`` / ``DebertaV2Model`` (fp32; eager is the only
-attention transformers has for DeBERTa) are saved, imported with ``train.hf.import_hf`` and
+attention transformers has for DeBERTa) are saved, imported with ``train.interop.hf.import_hf`` and
 compared with our model -- as imported, as reloaded by ``registry.load`` and rebuilt with the
 ``eager`` and ``sdpa`` kernels -- at the real tokens of a right-padded batch. The longest
 sequence (40) is far longer than ``position_buckets`` (16: mid 8, so distances 9..39 fall in
@@ -27,7 +27,7 @@ from helpers import max_diff, with_kernel
 from bertsmith import registry
 from bertsmith.blocks.positional import log_bucket
 from bertsmith.registry import SpecError
-from bertsmith.train.hf import import_hf
+from bertsmith.train.interop.hf import import_hf
 
 TOL = 1e-5
 LENGTHS = [40, 31, 17, 6, 1]

@@ -94,7 +94,7 @@ def test_entry_composes_runs_and_round_trips(slot, name, tmp_path):
         torch.testing.assert_close(again(ids, mask).last_hidden_state, model(ids, mask).last_hidden_state)
 
     # export to transformers: a checked directory, or one line naming what cannot go
-    from bertsmith.train.export import export_hf
+    from bertsmith.train.interop.export import export_hf
 
     try:
         export_hf(tmp_path / "model", tmp_path / "hf")

@@ -23,8 +23,8 @@ from helpers import TINY_BERT, TINY_MODERNBERT, max_diff
 from safetensors.torch import load_file
 
 from bertsmith import registry
-from bertsmith.train.export import export_hf, export_recipe, hf_family, read_remote_export
-from bertsmith.train.hf import import_hf
+from bertsmith.train.interop.export import export_hf, export_recipe, hf_family, read_remote_export
+from bertsmith.train.interop.hf import import_hf
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-5
@@ -217,7 +217,7 @@ def test_recipe_export_composes_back_to_the_same_spec(family, runs, cache, tmp_p
     from hydra import compose, initialize_config_dir
 
     from bertsmith.registry.composer import RECIPES
-    from bertsmith.train.app import parse_config, prepare_overrides
+    from bertsmith.train.pretrain.app import parse_config, prepare_overrides
 
     pretrain = FAMILY_RUNS[family][0][0] if family != "deberta" else "pretrain=modernbert"
     overrides = prepare_overrides([f"model={path}", pretrain], tmp_path)  # pretrain=bert swaps the head
@@ -512,8 +512,8 @@ def test_init_from_an_exported_model_continues_training(runs, cache, tmp_path):
 
 
 def test_init_from_a_model_without_head_starts_a_new_one(tmp_path):
-    from bertsmith.train import init_from
-    from bertsmith.train.config import TrainConfig
+    from bertsmith.train.pretrain import init_from
+    from bertsmith.train.pretrain.config import TrainConfig
 
     spec = registry.compose("bert-tiny", ["model.n_layers=1"])
     bare = registry.build(spec, head="none")

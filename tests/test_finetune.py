@@ -28,7 +28,7 @@ from bertsmith.train.finetune import data as D
 from bertsmith.train.finetune import metrics as M
 from bertsmith.train.finetune.config import FinetuneDataConfig, TaskConfig, parse_finetune_config
 from bertsmith.train.finetune.sift import divergence, perturbed, sift_loss
-from bertsmith.train.tokenizer import train_tokenizer
+from bertsmith.train.pretrain.tokenizer import train_tokenizer
 
 CHANCE = 0.5
 MARGIN = 0.15  # required above chance; the runs below reach about 0.85-0.9
@@ -56,7 +56,7 @@ FINETUNE = [  # the settings of every end-to-end fine-tuning below
 
 
 def family_docstrings() -> dict[str, list[str]]:
-    from bertsmith.train.corpus import _docstrings, _stdlib_files
+    from bertsmith.train.pretrain.corpus import _docstrings, _stdlib_files
 
     root = Path(sysconfig.get_paths()["stdlib"])
     owner = {m: label for label, mods in FAMILIES.items() for m in mods}
@@ -369,7 +369,7 @@ def test_sift_changes_training_and_stays_finite(grid, task_files, tmp_path):
 
 
 def test_finetuning_a_pretraining_grid_beats_chance_and_ranks_in_compare(grid):
-    from bertsmith.train.compare import compare
+    from bertsmith.train.tools.compare import compare
 
     sweep, ft = grid
     scores = []

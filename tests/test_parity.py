@@ -1,7 +1,7 @@
 """Family recipes ARE their reference models.
 
 BERT, RoBERTa and ModernBERT: a tiny random ``transformers`` model (fp32, eager attention) is
-saved, imported with ``train.hf.import_hf`` and compared with our model -- as returned by the
+saved, imported with ``train.interop.hf.import_hf`` and compared with our model -- as returned by the
 import, as reloaded by ``registry.load`` and as rebuilt with every registered kernel -- on a
 right-padded batch of several lengths, at real-token positions.
 
@@ -24,7 +24,7 @@ from helpers import TINY_BERT, TINY_MODERNBERT, max_diff, with_kernel
 
 from bertsmith import registry
 from bertsmith.blocks.positional import alibi_slopes
-from bertsmith.train.hf import import_hf
+from bertsmith.train.interop.hf import import_hf
 
 TOL = 1e-5
 LENGTHS = [40, 31, 17, 6, 1]  # right padding to 40; ModernBERT's window (16 -> ±8) is shorter

@@ -13,9 +13,9 @@ from bertsmith import registry
 from bertsmith.registry import SpecError
 from bertsmith.registry.composer import RECIPES
 from bertsmith.registry.spec import spec_dict
-from bertsmith.train.app import main as train_main
-from bertsmith.train.app import parse_config, precheck_swaps, prepare_overrides
 from bertsmith.train.cli import main as cli_main
+from bertsmith.train.pretrain.app import main as train_main
+from bertsmith.train.pretrain.app import parse_config, precheck_swaps, prepare_overrides
 
 EXTENSION = """\
 # extends a family recipe and states slots in its body, after _self_

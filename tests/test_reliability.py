@@ -821,7 +821,7 @@ def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
 
 POISON = """
 import sys
-from bertsmith.train.module import PretrainModule
+from bertsmith.train.pretrain.module import PretrainModule
 real, bad = PretrainModule.forward, int(sys.argv[1])
 def forward(self, batch):  # a real nan in the graph at step `bad`, as a bad batch would give
     loss, metrics = real(self, batch)
@@ -899,7 +899,7 @@ def test_resume_refuses_a_tokenizer_other_than_the_runs(stopped, tmp_path, cache
     changed (checked before the model's spec, whose vocabulary follows) or this machine's
     cached tokenizer differs (as another machine's did before training was deterministic:
     same size, so the spec alone would not tell). Then the way out the line names resumes it."""
-    from bertsmith.train.tokenizer import file_sha256
+    from bertsmith.train.pretrain.tokenizer import file_sha256
 
     run_dir, _ = stopped
     copy = tmp_path / "run"
@@ -959,7 +959,7 @@ def test_resume_refuses_a_pickle_bearing_checkpoint(stopped, tmp_path, cache, ca
 def _poisoned_forward(bad_steps: set[int]):
     """PretrainModule.forward whose loss is multiplied by nan at ``bad_steps``: a real nan in
     the graph, so the backward pass produces nan gradients as a bad batch would."""
-    from bertsmith.train.module import PretrainModule
+    from bertsmith.train.pretrain.module import PretrainModule
 
     real = PretrainModule.forward
 
@@ -973,7 +973,7 @@ def _poisoned_forward(bad_steps: set[int]):
 
 
 def _tiny_config(run_dir: Path, **trainer):
-    from bertsmith.train.config import parse_train_config
+    from bertsmith.train.pretrain.config import parse_train_config
 
     data = {
         "data": {"max_docs": 300, "max_val_docs": 16, "seq_len": 64, "batch_size": 4},
@@ -987,8 +987,8 @@ def _tiny_config(run_dir: Path, **trainer):
 def test_skip_guard_skips_bad_batches_then_stops(tmp_path, cache, monkeypatch, capsys):
     """``trainer.skip_nonfinite=1``: the first bad step is skipped (weights untouched, the run
     goes on), the second ends the run with the error line; in-process, with a nan injected."""
-    from bertsmith.train.loop import train as train_job
-    from bertsmith.train.module import PretrainModule
+    from bertsmith.train.pretrain.loop import train as train_job
+    from bertsmith.train.pretrain.module import PretrainModule
 
     monkeypatch.setenv("BERTSMITH_CACHE", str(cache))
     monkeypatch.setattr(PretrainModule, "forward", _poisoned_forward({3, 5}))
@@ -1023,7 +1023,7 @@ def test_skip_guard_skips_bad_batches_then_stops(tmp_path, cache, monkeypatch, c
 
 def test_non_finite_weights_are_never_checkpointed(tmp_path):
     """The save guard: a checkpoint of nan weights is refused before its file is opened."""
-    from bertsmith.train.module import NonFiniteError, PretrainModule
+    from bertsmith.train.pretrain.module import NonFiniteError, PretrainModule
 
     model = registry.build(registry.compose("bert-tiny", ["model.n_layers=1"]))
     module = PretrainModule(model, None, None, 10)
@@ -1137,8 +1137,8 @@ def test_sweep_interrupted_mid_grid_reruns_only_unfinished_jobs(tmp_path, cache)
 
 
 def test_blank_and_whitespace_lines_separate_documents(tmp_path):
-    from bertsmith.train import corpus
-    from bertsmith.train.config import DataConfig
+    from bertsmith.train.pretrain import corpus
+    from bertsmith.train.pretrain.config import DataConfig
 
     (tmp_path / "c.txt").write_text("\n\n\nfirst doc\nline two\n \t \nsecond\r\n\r\n\n\n   \nthird\n\n\n")
     docs = list(corpus.documents(DataConfig(source="files", path=str(tmp_path / "c.txt"))))
@@ -1155,9 +1155,9 @@ def _words(n: int, seed: int) -> list[str]:
 
 def test_long_documents_are_split_not_truncated(tmp_path, monkeypatch):
     """A single 1 MB line and documents far past seq_len: every token reaches a training row."""
-    from bertsmith.train import corpus
-    from bertsmith.train.config import DataConfig, TokenizerConfig, TrainConfig
-    from bertsmith.train.data import build_data
+    from bertsmith.train.pretrain import corpus
+    from bertsmith.train.pretrain.config import DataConfig, TokenizerConfig, TrainConfig
+    from bertsmith.train.pretrain.data import build_data
 
     monkeypatch.setenv("BERTSMITH_CACHE", str(tmp_path / "cache"))
     long_line = " ".join(_words(200_000, 0))
@@ -1189,8 +1189,8 @@ def test_long_documents_are_split_not_truncated(tmp_path, monkeypatch):
 
 
 def test_undecodable_bytes_name_the_file_and_offset(tmp_path):
-    from bertsmith.train import corpus
-    from bertsmith.train.config import DataConfig
+    from bertsmith.train.pretrain import corpus
+    from bertsmith.train.pretrain.config import DataConfig
 
     good = ("fine text " * 100_000).encode()
     (tmp_path / "c.txt").write_bytes(good + b"\n\nbad \xff here")
@@ -1206,8 +1206,8 @@ def test_undecodable_bytes_name_the_file_and_offset(tmp_path):
 def test_corpus_smaller_than_one_batch_is_one_clear_error(tmp_path, monkeypatch):
     """Chosen behaviour: an error naming data.batch_size and how many rows the corpus makes
     (repeating three rows sixteen times per batch would train on duplicates silently)."""
-    from bertsmith.train.config import DataConfig, TokenizerConfig, TrainConfig
-    from bertsmith.train.data import build_data
+    from bertsmith.train.pretrain.config import DataConfig, TokenizerConfig, TrainConfig
+    from bertsmith.train.pretrain.data import build_data
 
     monkeypatch.setenv("BERTSMITH_CACHE", str(tmp_path / "cache"))
     (tmp_path / "c.txt").write_text("\n\n".join(" ".join(_words(30, i)) for i in range(4)))
@@ -1225,9 +1225,9 @@ def test_corpus_smaller_than_one_batch_is_one_clear_error(tmp_path, monkeypatch)
 def test_data_file_disappearing_mid_run(tmp_path, monkeypatch, cache):
     """In memory (the default), training goes on from what was read; streamed, the next read
     fails with one line that says what happened and what is kept."""
-    from bertsmith.train.config import DataConfig, TokenizerConfig, TrainConfig
-    from bertsmith.train.data import build_data
-    from bertsmith.train.loop import train as train_job
+    from bertsmith.train.pretrain.config import DataConfig, TokenizerConfig, TrainConfig
+    from bertsmith.train.pretrain.data import build_data
+    from bertsmith.train.pretrain.loop import train as train_job
 
     monkeypatch.setenv("BERTSMITH_CACHE", str(cache))
     path = tmp_path / "c.txt"
@@ -1243,7 +1243,7 @@ def test_data_file_disappearing_mid_run(tmp_path, monkeypatch, cache):
 
     path.write_text("\n\n".join(" ".join(_words(40, i)) for i in range(200)))
 
-    from bertsmith import train
+    from bertsmith.train import pretrain as train
 
     real = train.loop.build_data
 
@@ -1309,8 +1309,8 @@ def test_run_dir_without_write_permission_fails_early(tmp_path, capfd):
 
 
 def test_too_little_disk_fails_before_anything_is_written(tmp_path, monkeypatch, capfd):
-    from bertsmith.train.config import parse_train_config
-    from bertsmith.train.loop import checkpoint_bytes, estimate_params
+    from bertsmith.train.pretrain.config import parse_train_config
+    from bertsmith.train.pretrain.loop import checkpoint_bytes, estimate_params
 
     real = shutil.disk_usage
     monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=10 * 2**20))

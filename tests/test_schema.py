@@ -45,7 +45,7 @@ def test_every_shipped_recipe_is_valid(name, validator):
 
 
 def test_the_export_form_is_valid(validator):
-    from bertsmith.train.export import recipe_text
+    from bertsmith.train.interop.export import recipe_text
 
     spec = registry.compose("deberta-tiny")
     assert _errors(validator, yaml.safe_load(recipe_text(spec, "a run"))) == []

@@ -17,9 +17,9 @@ import pytest
 from helpers import ROOT
 from tokenizers import Tokenizer
 
-from bertsmith.train import corpus
-from bertsmith.train.config import TokenizerConfig
-from bertsmith.train.tokenizer import (
+from bertsmith.train.pretrain import corpus
+from bertsmith.train.pretrain.config import TokenizerConfig
+from bertsmith.train.pretrain.tokenizer import (
     SPECIALS,
     continuation_pieces,
     file_sha256,
@@ -33,7 +33,7 @@ KINDS = ("wordpiece", "bpe")
 
 TRAIN = """
 import json, sys
-from bertsmith.train.tokenizer import train_tokenizer
+from bertsmith.train.pretrain.tokenizer import train_tokenizer
 docs = json.load(open(sys.argv[1], encoding="utf-8"))
 print(json.dumps({kind: train_tokenizer(kind, docs, 512).sha256 for kind in ("wordpiece", "bpe")}))
 """

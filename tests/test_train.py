@@ -7,7 +7,7 @@ from helpers import TINY_TRAIN, bertsmith, kill_when
 
 from bertsmith import registry
 from bertsmith.train.callbacks import read_metrics
-from bertsmith.train.tokenizer import file_sha256
+from bertsmith.train.pretrain.tokenizer import file_sha256
 
 SMALL = TINY_TRAIN
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from bertsmith.registry.errors import SpecError
-from bertsmith.train import corpus
-from bertsmith.train.config import DataConfig, ScheduleConfig, TokenizerConfig, TrainConfig
-from bertsmith.train.data import IGNORE, build_data, mask_tokens
-from bertsmith.train.optim import lr_factor, param_groups
-from bertsmith.train.packing import best_fit, efficiency, nsp_pairs, split_documents
-from bertsmith.train.tokenizer import Tok, get_tokenizer, train_tokenizer
+from bertsmith.train.pretrain import corpus
+from bertsmith.train.pretrain.config import DataConfig, ScheduleConfig, TokenizerConfig, TrainConfig
+from bertsmith.train.pretrain.data import IGNORE, build_data, mask_tokens
+from bertsmith.train.pretrain.optim import lr_factor, param_groups
+from bertsmith.train.pretrain.packing import best_fit, efficiency, nsp_pairs, split_documents
+from bertsmith.train.pretrain.tokenizer import Tok, get_tokenizer, train_tokenizer
 
 
 def test_best_fit_places_every_sequence_once_within_capacity():

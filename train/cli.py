@@ -13,7 +13,7 @@ import sys
 import yaml
 
 from bertsmith.registry.errors import SpecError
-from bertsmith.train.bench_cases import CASES  # no torch: --help stays quick
+from bertsmith.train.tools.bench_cases import CASES  # no torch: --help stays quick
 
 
 def _plain(value):
@@ -133,7 +133,7 @@ def _cmd_validate(args) -> None:
 
 
 def _cmd_import_hf(args) -> None:
-    from bertsmith.train.hf import import_hf
+    from bertsmith.train.interop.hf import import_hf
 
     model = import_hf(args.hf_dir, args.out, name=args.name)
     n = sum(p.numel() for p in model.encoder.parameters())
@@ -144,7 +144,7 @@ def _cmd_import_hf(args) -> None:
 
 
 def _cmd_compare(args) -> None:
-    from bertsmith.train.compare import compare
+    from bertsmith.train.tools.compare import compare
 
     result = compare(args.sweep_dir, args.metric)
     print(result["table"], end="")
@@ -157,7 +157,7 @@ def _cmd_compare(args) -> None:
 
 
 def _cmd_export(args) -> None:
-    from bertsmith.train.export import export_hf, export_recipe
+    from bertsmith.train.interop.export import export_hf, export_recipe
 
     if args.to == "recipe":
         if args.remote_code:
@@ -180,7 +180,7 @@ def _cmd_export(args) -> None:
 
 
 def _cmd_bench(args) -> None:
-    from bertsmith.train.bench import main as bench_main
+    from bertsmith.train.tools.bench import main as bench_main
 
     bench_main(args)
 
@@ -341,7 +341,7 @@ _NO_RECIPES = ("compare",)  # commands that read no recipe, spec or block
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "train":  # a Hydra app: its arguments are overrides, not flags
-        from bertsmith.train.app import main as train_main
+        from bertsmith.train.pretrain.app import main as train_main
 
         return train_main(argv[1:])
     if argv and argv[0] == "finetune":  # a Hydra app too

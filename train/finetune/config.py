@@ -11,8 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertsmith.registry.errors import nearest
-from bertsmith.train.config import OptimConfig, ScheduleConfig, validate_config
 from bertsmith.train.finetune.metrics import METRICS
+from bertsmith.train.pretrain.config import OptimConfig, ScheduleConfig, validate_config
 
 
 class _Cfg(BaseModel):

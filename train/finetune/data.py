@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bertsmith.registry.errors import SpecError, nearest
-from bertsmith.train.tokenizer import Tok
+from bertsmith.train.pretrain.tokenizer import Tok
 
 IGNORE = -100
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet")
@@ -69,7 +69,7 @@ def _read_file(path: str, key: str) -> list[dict]:
 def _read_hf(cfg, split: str, key: str) -> list[dict]:
     """Rows of a ``datasets`` dataset: a Hub name (+ ``data.config``), a ``save_to_disk``
     folder, or a local data file."""
-    from bertsmith.train.corpus import load_hf_dataset
+    from bertsmith.train.pretrain.corpus import load_hf_dataset
 
     return [dict(r) for r in load_hf_dataset(cfg.name, split, cfg.config, key=f"data.{key}")]
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from bertsmith.train.finetune import metrics as M
 from bertsmith.train.finetune.data import IGNORE
 from bertsmith.train.finetune.sift import sift_loss
-from bertsmith.train.optim import make_optimizer, make_scheduler
+from bertsmith.train.pretrain.optim import make_optimizer, make_scheduler
 
 
 class FinetuneModule(L.LightningModule):

@@ -24,12 +24,12 @@ from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import atomic_write, spec_file_text
 from bertsmith.registry.spec import spec_dict
 from bertsmith.train.callbacks import AtomicCheckpointIO, StepProgressBar
-from bertsmith.train.data import StepSampler
 from bertsmith.train.finetune import data as D
 from bertsmith.train.finetune.metrics import majority_accuracy
 from bertsmith.train.finetune.module import FinetuneCSV, FinetuneModule, csv_columns
 from bertsmith.train.finetune.source import check_length, load_source, resolve, runs_in, with_new_head
-from bertsmith.train.loop import PeakRSS, check_run_dir
+from bertsmith.train.pretrain.data import StepSampler
+from bertsmith.train.pretrain.loop import PeakRSS, check_run_dir
 
 
 class _Batches(L.LightningDataModule):

@@ -16,8 +16,8 @@ from types import SimpleNamespace
 
 from bertsmith import registry
 from bertsmith.registry.errors import SpecError
-from bertsmith.train import init_from as pretrain_init
-from bertsmith.train.tokenizer import load_tokenizer
+from bertsmith.train.pretrain import init_from as pretrain_init
+from bertsmith.train.pretrain.tokenizer import load_tokenizer
 
 
 def is_run(d: Path) -> bool:
@@ -27,7 +27,7 @@ def is_run(d: Path) -> bool:
 
 def runs_in(d: Path) -> list[Path]:
     """The runs of a sweep directory (Hydra job dirs), not counting fine-tuning dirs inside runs."""
-    from bertsmith.train.compare import find_runs
+    from bertsmith.train.tools.compare import find_runs
 
     return [r for r in find_runs(d) if is_run(r)]
 

@@ -8,7 +8,7 @@ forward pass (unpad once, token stream, re-pad), so outputs are bertsmith's exac
     BertsmithForMaskedLM                 bertsmith.encoder.*  + head.*   (mlm, nsp, emd heads)
     BertsmithForSequenceClassification   bertsmith.encoder.*  + head.*   (classification head)
 
-``train.remote.modeling_source`` copies this file, the blocks and the builder into one
+``train.interop.remote.modeling_source`` copies this file, the blocks and the builder into one
 self-contained ``modeling_bertsmith.py``; the bertsmith imports below are then dropped
 because the names they bring are defined in that same file.
 """

@@ -20,11 +20,11 @@ from bertsmith import registry
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import atomic_write
 from bertsmith.registry.spec import parse_spec, spec_dict
-from bertsmith.train import corpus, init_from
 from bertsmith.train.callbacks import AtomicCheckpointIO, MetricsCSV, StepProgressBar, read_metrics
-from bertsmith.train.data import Data, StreamingBatches, build_data
-from bertsmith.train.module import NonFiniteError, PretrainModule, all_finite
-from bertsmith.train.tokenizer import Tok, file_sha256, load_tokenizer
+from bertsmith.train.pretrain import corpus, init_from
+from bertsmith.train.pretrain.data import Data, StreamingBatches, build_data
+from bertsmith.train.pretrain.module import NonFiniteError, PretrainModule, all_finite
+from bertsmith.train.pretrain.tokenizer import Tok, file_sha256, load_tokenizer
 
 
 class PretrainDataModule(L.LightningDataModule):

@@ -7,12 +7,12 @@
 
 ``export_hf`` writes the native transformers class when the spec *is* one (``hf_family``):
 BERT, RoBERTa, DeBERTa-v2/v3 or ModernBERT. Exactness is decided by the importer itself: the
-config we would write is read back with ``train.hf.spec_from_config``, and the spec it gives
+config we would write is read back with ``train.interop.hf.spec_from_config``, and the spec it gives
 must equal ours in everything that decides weights and outputs (name, kernel, init and
 dropouts only matter for training; they are noted in the card). Weights go through the
 importer's ``key_map`` inverted, and must be exactly the keys the transformers class expects
 (tied weights left out). Every other composition gets a remote-code export
-(``train.remote``): bertsmith's own block sources in one ``modeling_bertsmith.py``.
+(``train.interop.remote``): bertsmith's own block sources in one ``modeling_bertsmith.py``.
 
 Before anything is moved into place, the export is loaded back (the transformers class, or
 the generated file executed in-process) and compared with our model on a right-padded batch;
@@ -42,9 +42,9 @@ from bertsmith.registry.core import REGISTRY, SLOT_KEYS
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import atomic_write, spec_to_yaml
 from bertsmith.registry.spec import spec_dict
-from bertsmith.train import remote
 from bertsmith.train.callbacks import read_metrics
-from bertsmith.train.hf import BASE_PREFIX, FAMILIES, key_map, spec_from_config
+from bertsmith.train.interop import remote
+from bertsmith.train.interop.hf import BASE_PREFIX, FAMILIES, key_map, spec_from_config
 
 TITLES = {"bert": "BERT", "roberta": "RoBERTa", "deberta-v2": "DeBERTa-v2", "modernbert": "ModernBERT"}
 CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "deberta-v2": "DebertaV2", "modernbert": "ModernBert"}

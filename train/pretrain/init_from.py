@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bertsmith import registry
 from bertsmith.registry.errors import SpecError
-from bertsmith.train.config import TokenizerConfig
+from bertsmith.train.pretrain.config import TokenizerConfig
 
 
 def pretraining_head(nsp: bool):
@@ -68,7 +68,7 @@ def spec_of(tcfg):
         data = json.loads((d / "config.json").read_text(encoding="utf-8")).get("bertsmith_spec")
         spec = registry.parse_spec(data, prefix="config.json bertsmith_spec.")
     else:
-        from bertsmith.train.hf import _config, spec_from_config
+        from bertsmith.train.interop.hf import _config, spec_from_config
 
         spec = spec_from_config(*_config(d), name=d.name or "imported")
     return _with_head(spec, tcfg)
@@ -78,10 +78,10 @@ def _read(d: Path, kind: str):
     if kind == "bertsmith":
         return registry.load(d)
     if kind == "remote":
-        from bertsmith.train.export import read_remote_export
+        from bertsmith.train.interop.export import read_remote_export
 
         return read_remote_export(d)
-    from bertsmith.train.hf import import_hf
+    from bertsmith.train.interop.hf import import_hf
 
     with tempfile.TemporaryDirectory(prefix="bertsmith-init-") as tmp:
         return import_hf(d, Path(tmp) / "model", name=d.name or "imported")

@@ -17,8 +17,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from bertsmith.train.data import IGNORE
-from bertsmith.train.optim import make_optimizer, make_scheduler
+from bertsmith.train.pretrain.data import IGNORE
+from bertsmith.train.pretrain.optim import make_optimizer, make_scheduler
 
 
 class NonFiniteError(FloatingPointError):

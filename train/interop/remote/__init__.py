@@ -3,10 +3,10 @@ own sources, for compositions no transformers class holds.
 
 The file is the concatenation of::
 
-    train/remote/stubs.py      stand-ins for registry.core / pydantic (register, Params, ...)
+    train/interop/remote/stubs.py     stand-ins for registry.core / pydantic (register, Params, ...)
     blocks/<slot>.py ...       the block modules the spec uses, plus what they import
     registry/builder.py        the one builder, unchanged
-    train/remote/modeling.py   transformers' PreTrainedConfig / PreTrainedModel wrappers
+    train/interop/remote/modeling.pytransformers' PreTrainedConfig / PreTrainedModel wrappers
 
 each copied verbatim except for its imports of bertsmith modules and pydantic, which are
 dropped because the names they bring are defined in the same file. The result imports only
@@ -28,7 +28,7 @@ from bertsmith import registry
 from bertsmith.registry.core import BUILTIN
 from bertsmith.registry.errors import SpecError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 FILE = "modeling_bertsmith.py"
 # the order a reader meets the blocks in the generated file (dependencies still come first)
 BLOCKS = "bertsmith.blocks"
@@ -243,10 +243,10 @@ def modeling_source(spec) -> str:
     if lines := refusals(spec):
         raise SpecError(lines)
     files = [
-        ROOT / "train" / "remote" / "stubs.py",
+        ROOT / "train" / "interop" / "remote" / "stubs.py",
         *(_path_of(m) for m in modules_for(spec)),
         ROOT / "registry" / "builder.py",
-        ROOT / "train" / "remote" / "modeling.py",
+        ROOT / "train" / "interop" / "remote" / "modeling.py",
     ]
     sections, needed, owner = [], set(), {}
     for path in files:

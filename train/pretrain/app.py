@@ -128,7 +128,7 @@ def parse_config(cfg: DictConfig, task_overrides: list[str]):
     from omegaconf.errors import OmegaConfBaseException
 
     from bertsmith.registry.spec import parse_spec
-    from bertsmith.train.config import parse_train_config
+    from bertsmith.train.pretrain.config import parse_train_config
 
     try:
         data = OmegaConf.to_container(cfg, resolve=True)
@@ -171,7 +171,7 @@ def precheck(overrides: list[str]) -> None:
     """Compose and validate a single run's config before Hydra starts it."""
     plain = [o for o in overrides if not o.startswith("-")]
     cfg = _compose_train(plain)
-    from bertsmith.train.loop import cheap_checks, planned_run_dir
+    from bertsmith.train.pretrain.loop import cheap_checks, planned_run_dir
 
     run_dir = planned_run_dir(cfg)  # checked for room and permission before Hydra creates it
     spec, tcfg = parse_config(cfg, [o for o in plain if not o.startswith("hydra.")])
@@ -253,7 +253,7 @@ def run(cfg: DictConfig) -> dict:
     """Train one job; returns its summary (also printed)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from bertsmith.train.loop import train
+    from bertsmith.train.pretrain.loop import train
 
     hc = HydraConfig.get()
     spec, tcfg = parse_config(cfg, list(hc.overrides.task))

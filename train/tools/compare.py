@@ -31,8 +31,8 @@ from pydantic import ValidationError
 
 from bertsmith.registry.errors import SpecError, nearest
 from bertsmith.train.callbacks import read_metrics
-from bertsmith.train.config import DataConfig
-from bertsmith.train.tokenizer import file_sha256
+from bertsmith.train.pretrain.config import DataConfig
+from bertsmith.train.pretrain.tokenizer import file_sha256
 
 _SEED = re.compile(r"^\+{0,2}seed=")
 MLM_METRICS = ("val_loss", "val_mlm_acc")

@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from bertsmith.registry.errors import SpecError
-from bertsmith.train import corpus
-from bertsmith.train.packing import Sequence, best_fit, efficiency, nsp_pairs, split_documents
-from bertsmith.train.tokenizer import Tok, get_tokenizer
+from bertsmith.train.pretrain import corpus
+from bertsmith.train.pretrain.packing import Sequence, best_fit, efficiency, nsp_pairs, split_documents
+from bertsmith.train.pretrain.tokenizer import Tok, get_tokenizer
 
 IGNORE = -100
 

@@ -18,7 +18,7 @@ class _Cfg(BaseModel):
 
 
 class DataConfig(_Cfg):
-    """Where text comes from and how it becomes batches (see ``train.corpus``)."""
+    """Where text comes from and how it becomes batches (see ``train.pretrain.corpus``)."""
 
     source: Literal["stdlib", "files", "hf"] = "stdlib"
     path: str | None = None
@@ -128,7 +128,7 @@ class TrainConfig(_Cfg):
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     seed: int = 0
     resume: bool = False
-    init_from: str | None = None  # a model directory to start from (train.init_from)
+    init_from: str | None = None  # a model directory to start from (train.pretrain.init_from)
     finetune: str | None = None  # `bertsmith finetune` overrides run on the final model
 
 

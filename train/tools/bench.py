@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-from bertsmith.train.bench_cases import CASES
-from bertsmith.train.loop import PeakRSS
+from bertsmith.train.pretrain.loop import PeakRSS
+from bertsmith.train.tools.bench_cases import CASES
 
 SHAPES = {
     "modernbert": {
@@ -90,7 +90,7 @@ def hf_pair(family: str, size: str, layers: int | None, kernel: str, device: str
     from transformers import AutoModelForMaskedLM, BertConfig, ModernBertConfig
 
     from bertsmith import registry
-    from bertsmith.train.hf import import_hf
+    from bertsmith.train.interop.hf import import_hf
 
     shape = dict(SHAPES[family][size])
     if layers is not None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from bertsmith.registry.errors import SpecError
-from bertsmith.train.corpus import cache_dir
+from bertsmith.train.pretrain.corpus import cache_dir
 
 SPECIALS = {
     "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},

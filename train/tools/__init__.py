@@ -1,0 +1,1 @@
+"""Tools around runs: the benchmark and the comparison of runs and sweeps."""
