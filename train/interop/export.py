@@ -10,7 +10,7 @@ BERT, RoBERTa, DeBERTa-v2/v3 or ModernBERT. Exactness is decided by the importer
 config we would write is read back with ``train.interop.hf.spec_from_config``, and the spec it gives
 must equal ours in everything that decides weights and outputs (name, kernel, init and
 dropouts only matter for training; they are noted in the card). Weights go through the
-importer's ``key_map`` inverted, and must be exactly the keys the transformers class expects
+family's ``key_map`` inverted, and must be exactly the keys the transformers class expects
 (tied weights left out). Every other composition gets a remote-code export
 (``train.interop.remote``): bertsmith's own block sources in one ``modeling_bertsmith.py``.
 
@@ -35,21 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from bertsmith import registry
 from bertsmith.registry.core import REGISTRY, SLOT_KEYS
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import atomic_write, spec_to_yaml
 from bertsmith.registry.spec import spec_dict
-from bertsmith.train.callbacks import read_metrics
-from bertsmith.train.interop import remote
-from bertsmith.train.interop.hf import BASE_PREFIX, FAMILIES, key_map, spec_from_config
+from bertsmith.train.interop import FAMILIES, remote
+from bertsmith.train.interop.card import model_card
+from bertsmith.train.interop.hf import spec_from_config
 
-TITLES = {"bert": "BERT", "roberta": "RoBERTa", "deberta-v2": "DeBERTa-v2", "modernbert": "ModernBERT"}
-CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "deberta-v2": "DebertaV2", "modernbert": "ModernBert"}
-# our activation -> the transformers name the importer maps back to it
-HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu", "silu": "silu"}
 TOLERANCE = 1e-4  # export-time self-check, relative to the output scale; tests hold 1e-5 absolute
 
 
@@ -95,17 +90,6 @@ def _fresh_output(out: Path, is_dir: bool) -> None:
 # --- recipe ------------------------------------------------------------------------------------
 
 
-def _hf_act(params) -> str:
-    """The transformers name for an activation entry with its default settings (anything else,
-    e.g. relu with power 3, has no name there: gelu is written and the round trip shows the
-    difference)."""
-    if params is None:
-        return "gelu"
-    dump = params.model_dump() if hasattr(params, "model_dump") else {"kind": params}
-    plain = REGISTRY.get("activation", dump["kind"]).params().model_dump()
-    return HF_ACT.get(dump["kind"], "gelu") if dump == plain else "gelu"
-
-
 def recipe_text(spec, origin: str) -> str:
     """A standalone recipe: every slot (``kind`` first) and size stated. Its defaults list
     only names each slot's block, ``_self_`` first, so that command-line slot swaps
@@ -149,120 +133,6 @@ def export_recipe(src: str | os.PathLike, out: str | os.PathLike):
 
 
 # --- is the spec a transformers class? -----------------------------------------------------------
-
-
-def _config_class(family: str):
-    import transformers
-
-    return getattr(transformers, f"{CLASS_PREFIX[family]}Config")
-
-
-def architecture(family: str, spec) -> str:
-    """The transformers class for ``spec`` in ``family``: ``*ForMaskedLM`` with an MLM head,
-    ``BertForPreTraining`` for BERT's MLM + NSP heads, ``*Model`` otherwise (a head that no
-    class of the family carries then shows up as a difference)."""
-    head = spec.head.kind if spec.head is not None else None
-    if head == "mlm":
-        return f"{CLASS_PREFIX[family]}ForMaskedLM"
-    if head == "nsp" and family == "bert":
-        return "BertForPreTraining"
-    return f"{CLASS_PREFIX[family]}Model"
-
-
-def _token_ids(family: str, spec, specials: dict[str, int], **roles: str) -> dict:
-    """``<name>_token_id`` from the tokenizer's special tokens; without a tokenizer, the
-    class default when it lies inside the vocabulary, else None."""
-    defaults = _config_class(family)()
-    out = {}
-    for name, role in roles.items():
-        key, default = f"{name}_token_id", getattr(defaults, f"{name}_token_id", None)
-        fits = isinstance(default, int) and default < spec.vocab_size
-        out[key] = specials[role] if role in specials else default if fits else None
-    return out
-
-
-def hf_config(family: str, spec, specials: dict[str, int] | None = None) -> dict:
-    """The transformers ``config.json`` for ``spec`` as ``family`` (complete, not a diff from
-    the class defaults; ModernBERT's in both its legacy and 5.x forms). Where the spec has
-    something the family cannot say, the family's own value is written: ``hf_family`` then
-    finds the difference when it reads the config back."""
-    specials = specials or {}
-    p, b, d = spec.positional, spec.bias, spec.dropout
-    head = spec.head
-    act = _hf_act(spec.mlp.activation)
-    tied = bool(head.tied) if head is not None and hasattr(head, "tied") else True
-    common = dict(
-        architectures=[architecture(family, spec)],
-        vocab_size=spec.vocab_size,
-        hidden_size=spec.d_model,
-        num_hidden_layers=spec.n_layers,
-        num_attention_heads=spec.n_heads,
-        intermediate_size=spec.d_ff,
-        initializer_range=spec.init.std,
-        pad_token_id=spec.pad_token_id,
-        tie_word_embeddings=tied,
-        dtype="float32",
-    )
-    if family in ("bert", "roberta", "deberta-v2"):
-        common.update(
-            hidden_act=act,
-            hidden_dropout_prob=d.mlp,  # also embedding and attn_out in transformers
-            attention_probs_dropout_prob=d.attention,
-            type_vocab_size=spec.type_vocab_size,
-            layer_norm_eps=spec.norm.eps,
-        )
-    if family in ("bert", "roberta"):
-        offset = p.offset if p.kind == "learned" else 0
-        extra = dict(max_position_embeddings=spec.max_seq_len + offset, position_embedding_type="absolute")
-        if family == "roberta":
-            extra.update(_token_ids(family, spec, specials, bos="cls", eos="sep"))
-    elif family == "deberta-v2":
-        rel = p.kind == "disentangled"
-        extra = dict(
-            max_position_embeddings=spec.max_seq_len,
-            relative_attention=rel,
-            position_biased_input=p.kind == "learned",
-            pos_att_type=list(p.pos_att_type) if rel else [],
-            position_buckets=p.position_buckets if rel and p.position_buckets > 0 else -1,
-            max_relative_positions=(p.max_relative_positions or -1) if rel else -1,
-            norm_rel_ebd="layer_norm" if rel and p.norm_rel_ebd else "none",
-            share_att_key=bool(rel and p.share_att_key),
-            legacy=True,
-        )
-    else:
-        plan = registry.layer_plan(spec)
-        every = next((i for i, w in enumerate(plan) if i and w is None), len(plan))
-        window = next((w for w in plan if w is not None), getattr(spec.attention, "window", 128))
-        theta = p.theta if p.kind == "rope" else 160000.0
-        local = (p.local_theta or p.theta) if p.kind == "rope" else 10000.0
-        head_act = _hf_act(getattr(head, "activation", None))
-        extra = dict(
-            hidden_activation=act,
-            max_position_embeddings=spec.max_seq_len,
-            initializer_cutoff_factor=getattr(spec.init, "cutoff", 2.0),
-            norm_eps=spec.norm.eps,
-            norm_bias=b.norm,
-            **_token_ids(family, spec, specials, bos="cls", eos="sep", cls="cls", sep="sep"),
-            attention_bias=b.qkv,
-            attention_dropout=d.attention,
-            embedding_dropout=d.embedding,
-            mlp_bias=b.mlp_in,
-            mlp_dropout=d.mlp,
-            decoder_bias=b.decoder,
-            classifier_bias=b.head,
-            classifier_activation=head_act,
-            local_attention=window,
-            layer_types=["full_attention" if w is None else "sliding_attention" for w in plan],
-            rope_parameters={
-                "full_attention": {"rope_type": "default", "rope_theta": float(theta)},
-                "sliding_attention": {"rope_type": "default", "rope_theta": float(local)},
-            },
-        )
-    config = _config_class(family)(**common, **extra).to_dict()
-    config["architectures"] = common["architectures"]
-    if family == "modernbert":  # what transformers < 5 reads (5.x converts them on load)
-        config.update(global_attn_every_n_layers=every, global_rope_theta=theta, local_rope_theta=local)
-    return config
 
 
 def _essence(spec) -> dict:
@@ -316,15 +186,15 @@ def _differences(ours: dict, theirs: dict, who: str) -> list[str]:
 
 
 def family_differences(family: str, spec) -> list[str]:
-    """Why ``spec`` is not exactly ``family`` (empty if it is)."""
-    who = TITLES[family]
-    out = []
-    if family in ("bert", "roberta") and spec.type_vocab_size < 1:
-        out.append(f"type_vocab_size is 0, {who} always adds token-type embeddings (at least 1)")
-    config = hf_config(family, spec)
+    """Why ``spec`` is not exactly ``family`` (empty if it is): what the family refuses, and
+    how the spec its config reads back as differs from ``spec``."""
+    fam = FAMILIES[family]
+    who = fam.title
+    out = fam.refusals(spec)
+    config = fam.hf_config(spec)
     try:
         back = spec_from_config(
-            family, _config_class(family).from_dict(copy.deepcopy(config)), config, name=spec.name
+            family, fam.config_class().from_dict(copy.deepcopy(config)), config, name=spec.name
         )
     except SpecError as e:
         return out + [line.removeprefix("config.json").lstrip(": ") for line in e.lines]
@@ -346,7 +216,7 @@ def hf_family(spec) -> tuple[str | None, str]:
             best = (family, diffs)
     family, diffs = best
     more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
-    return None, f"closest is {TITLES[family]}: {'; '.join(diffs[:3])}{more}"
+    return None, f"closest is {FAMILIES[family].title}: {'; '.join(diffs[:3])}{more}"
 
 
 # --- what goes into the directory -------------------------------------------------------------
@@ -377,9 +247,9 @@ def hf_weights(family: str, spec, state: dict, expected: set[str]) -> dict[str, 
     """Our weights under transformers' names: ``key_map`` inverted. A key built from several
     of theirs is split along dim 0; ``@`` keys are relative to the head model; of
     alternatives ``a|b`` every one the class expects is written (else the first)."""
-    prefix = BASE_PREFIX[family] if spec.head is not None else ""
+    prefix = FAMILIES[family].base_prefix if spec.head is not None else ""
     out: dict[str, torch.Tensor] = {}
-    for ours, theirs in key_map(family, spec, legacy=True):
+    for ours, theirs in FAMILIES[family].key_map(spec, legacy=True):
         tensor = state[ours]
         if tensor.shape[0] % len(theirs):
             raise RuntimeError(f"export: {ours} {tuple(tensor.shape)} does not split into {len(theirs)}")
@@ -395,12 +265,12 @@ def native_export(family: str, model, specials: dict[str, int]) -> Export | str:
     """The native files for ``model`` as ``family``, or why the weights do not fit the class."""
     import transformers
 
-    spec = model.spec
-    config = hf_config(family, spec, specials)
+    spec, fam = model.spec, FAMILIES[family]
+    config = fam.hf_config(spec, specials)
     arch = config["architectures"][0]
     try:
         with torch.device("meta"):
-            skeleton = getattr(transformers, arch)(_config_class(family).from_dict(copy.deepcopy(config)))
+            skeleton = getattr(transformers, arch)(fam.config_class().from_dict(copy.deepcopy(config)))
     except Exception as e:  # transformers cannot build it, so it is not this class
         return f"transformers could not build {arch} ({' '.join(str(e).split())[:200]})"
     expected = set(skeleton.state_dict()) - _tied_targets(skeleton)
@@ -415,27 +285,9 @@ def native_export(family: str, model, specials: dict[str, int]) -> Export | str:
         what += [f"this model has {some(extra)}, which {arch} has no place for"] if extra else []
         return "; ".join(what)
     back = spec_from_config(
-        family, _config_class(family).from_dict(copy.deepcopy(config)), config, name=spec.name
+        family, fam.config_class().from_dict(copy.deepcopy(config)), config, name=spec.name
     )
-    notes = _training_notes(spec, back, TITLES[family])
-    if arch == "BertForPreTraining":
-        notes.insert(
-            0,
-            "BERT's pre-training heads (MLM + NSP) are exported as `BertForPreTraining`, which holds "
-            "both; `AutoModelForMaskedLM` loads its MLM part (the pooler and NSP classifier are then "
-            "reported as unused).",
-        )
-    if family in ("bert", "roberta") and arch != "BertForPreTraining":
-        notes.append(
-            f"`AutoModel` builds `{CLASS_PREFIX[family]}Model` with a pooler this model never had; "
-            "load it with `add_pooling_layer=False` (otherwise transformers initialises the pooler "
-            "randomly and says so)."
-        )
-    if family == "roberta":
-        notes.append(
-            "RoBERTa derives position ids from `input_ids != pad_token_id`: pad with the pad token, "
-            "and never use it inside a sequence."
-        )
+    notes = fam.notes(arch, _training_notes(spec, back, fam.title))
     return Export("native", arch, family, "", config, tensors, notes=notes)
 
 
@@ -519,7 +371,7 @@ def plan_hf(model, force_remote: bool = False, specials: dict[str, int] | None =
         native = native_export(family, model, specials or {})
         if isinstance(native, Export):
             return native
-        reason = f"{TITLES[family]}'s weights do not fit: {native}"
+        reason = f"{FAMILIES[family].title}'s weights do not fit: {native}"
     return remote_export(model, reason)
 
 
@@ -569,137 +421,6 @@ def tokenizer_config(spec, tokens: dict[str, str]) -> dict:
     if tokens.get("cls") == "<s>":
         config.update(bos_token=tokens["cls"], eos_token=tokens["sep"])
     return config
-
-
-# --- model card --------------------------------------------------------------------------------
-
-
-def read_run(run_dir: Path | None) -> tuple[dict, list[dict]]:
-    """(config.yaml, metrics.csv rows with numbers) of a run directory, or empty."""
-    if run_dir is None:
-        return {}, []
-    cfg = {}
-    if (run_dir / "config.yaml").is_file():
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
-    return cfg, read_metrics(run_dir / "metrics.csv")
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def model_card(model, plan: Export, source: Source, has_tokenizer: bool) -> str:
-    """``README.md``: how to load, architecture, parameter counts, recipe, training, metrics."""
-    spec = model.spec
-    params = registry.cost(spec)["params"]
-    total = sum(p.numel() for p in model.parameters())
-    remote_flag = ", trust_remote_code=True" if plan.kind == "remote" else ""
-    auto = "AutoModelForMaskedLM" if plan.arch.endswith(("ForMaskedLM", "ForPreTraining")) else "AutoModel"
-    if plan.arch.endswith("ForSequenceClassification"):
-        auto = "AutoModelForSequenceClassification"
-    front = [
-        "---",
-        "library_name: transformers",
-        f"tags: [bertsmith{', ' + plan.family if plan.family else ''}]",
-    ]
-    if auto == "AutoModelForMaskedLM":
-        front.append("pipeline_tag: fill-mask")
-    front.append("---")
-    lines = [*front, "", f"# {spec.name}", ""]
-    if plan.kind == "native":
-        lines.append(
-            f"A {TITLES[plan.family]} encoder (`transformers.{plan.arch}`), exported by "
-            f"`bertsmith export` from `{source.path}`."
-        )
-    else:
-        lines.append(
-            f"A bertsmith encoder exported as transformers remote code (`{remote.FILE}`, class "
-            f"`{plan.arch}`) from `{source.path}`"
-            + (f": no transformers class holds this composition ({plan.reason})." if plan.reason else ".")
-            + " The modeling file is bertsmith's own block source and needs only torch and transformers."
-        )
-    lines += [
-        "",
-        "## Load",
-        "",
-        "```python",
-        f"from transformers import {auto}" + (", AutoTokenizer" if has_tokenizer else ""),
-    ]
-    lines.append(f'model = {auto}.from_pretrained("path/to/this/directory"{remote_flag})')
-    if has_tokenizer:
-        lines.append(f'tokenizer = AutoTokenizer.from_pretrained("path/to/this/directory"{remote_flag})')
-    lines += ["```", ""]
-    lines += [
-        "## Architecture",
-        "",
-        f"- Parameters, encoder body (embeddings, layers, final norm): {params['total']:,} "
-        f"(embedding {params['embedding']:,}, non-embedding {params['non_embedding']:,})",
-        f"- Parameters with the head (tied weights counted once): {total:,}",
-        f"- Layers {spec.n_layers}, width {spec.d_model}, heads {spec.n_heads}, MLP {spec.d_ff}, "
-        f"vocabulary {spec.vocab_size}, max length {spec.max_seq_len}",
-        f"- Head: {spec.head.kind if spec.head is not None else 'none'}",
-        "",
-    ]
-    if plan.notes:
-        lines += ["Notes:", "", *(f"- {n}" for n in plan.notes), ""]
-    lines += [
-        "## Recipe",
-        "",
-        "The resolved bertsmith recipe (`bertsmith export --to recipe` writes it as a file; "
-        "`bertsmith train model=<file>` trains it again):",
-        "",
-        "```yaml",
-        spec_to_yaml(spec).rstrip(),
-        "```",
-        "",
-    ]
-    cfg, rows = read_run(source.run_dir)
-    if cfg:
-        data, tok, obj = cfg.get("data", {}), cfg.get("tokenizer", {}), cfg.get("objective", {})
-        optim, sched, trainer = cfg.get("optim", {}), cfg.get("schedule", {}), cfg.get("trainer", {})
-        corpus = data.get("source", "?")
-        where = data.get("path") or data.get("name")
-        lines += [
-            "## Training",
-            "",
-            f"- Data: `{corpus}`{f' ({where})' if where else ''}, split `{data.get('split', 'train')}`, "
-            f"max_docs {data.get('max_docs')}, sequence length {data.get('seq_len')}, "
-            f"{data.get('batch_size')} packed rows per micro-batch",
-            f"- Tokenizer: {tok.get('kind')} (vocabulary {tok.get('vocab_size')}, padded to {spec.vocab_size})",
-            f"- Objective: MLM at {obj.get('mask_ratio')} ({obj.get('masking')} masks)"
-            + (" + NSP" if obj.get("nsp") else ""),
-            f"- Optimiser: {optim.get('kind')} lr {optim.get('lr')}, schedule {sched.get('kind')}, "
-            f"{trainer.get('max_steps')} steps, precision {trainer.get('precision')}, seed {cfg.get('seed')}",
-        ]
-        if cfg.get("init_from"):
-            lines.append(f"- Initialised from `{cfg['init_from']}`")
-        lines.append("")
-    val = [r for r in rows if "val_loss" in r]
-    train_rows = [r for r in rows if "train_loss" in r]
-    if val or train_rows:
-        ratio = cfg.get("objective", {}).get("eval_mask_ratio", 0.15)
-        lines += [
-            "## Metrics",
-            "",
-            f"From the run's `metrics.csv` (validation MLM at {ratio:.0%} masking):",
-            "",
-        ]
-        cols = [
-            "step",
-            "val_loss",
-            "val_mlm_acc",
-            *(["val_nsp_acc"] if any("val_nsp_acc" in r for r in val) else []),
-        ]
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for r in val[-10:]:
-            lines.append(
-                "| " + " | ".join(_fmt(int(r["step"]) if c == "step" else r.get(c, "")) for c in cols) + " |"
-            )
-        if train_rows:
-            last = train_rows[-1]
-            lines += ["", f"Last training loss {_fmt(last['train_loss'])} at step {int(last['step'])}."]
-        lines.append("")
-    return "\n".join(lines)
 
 
 # --- writing and checking ---------------------------------------------------------------------

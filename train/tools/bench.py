@@ -1,7 +1,8 @@
 """``bertsmith bench``: our model against the transformers model with the same weights.
 
 In one process, per family (ModernBERT, BERT) and dtype: a transformers masked-LM model is
-made with random weights and the shape asked for, saved, and imported (``import-hf``), so
+made with random weights and the shape asked for (the family's ``bench_shapes`` and
+``bench_config``, ``train/interop/<family>.py``), saved, and imported (``import-hf``), so
 both sides hold identical weights. Then each case times both, interleaved::
 
     fixed     B × 512 tokens, every sequence full             forward (inference mode)
@@ -36,34 +37,6 @@ import torch
 from bertsmith.train.pretrain.loop import PeakRSS
 from bertsmith.train.tools.bench_cases import CASES
 
-SHAPES = {
-    "modernbert": {
-        "base": dict(hidden_size=768, intermediate_size=1152, num_hidden_layers=22, num_attention_heads=12),
-        "large": dict(hidden_size=1024, intermediate_size=2624, num_hidden_layers=28, num_attention_heads=16),
-        "small": dict(hidden_size=512, intermediate_size=768, num_hidden_layers=8, num_attention_heads=8),
-        "tiny": dict(
-            hidden_size=128,
-            intermediate_size=192,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            vocab_size=1024,
-            pad_token_id=0,
-        ),
-    },
-    "bert": {
-        "base": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
-        "large": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16),
-        "small": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=4, num_attention_heads=8),
-        "tiny": dict(
-            hidden_size=128,
-            intermediate_size=512,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            vocab_size=1024,
-            pad_token_id=0,
-        ),
-    },
-}
 LONG, WINDOW, MASK_RATE = 4096, 128, 0.3
 
 
@@ -87,18 +60,16 @@ class Row:
 
 def hf_pair(family: str, size: str, layers: int | None, kernel: str, device: str):
     """(transformers masked-LM model, our model with the same weights), both in eval mode."""
-    from transformers import AutoModelForMaskedLM, BertConfig, ModernBertConfig
+    from transformers import AutoModelForMaskedLM
 
     from bertsmith import registry
+    from bertsmith.train.interop import FAMILIES
     from bertsmith.train.interop.hf import import_hf
 
-    shape = dict(SHAPES[family][size])
+    shape = dict(FAMILIES[family].bench_shapes[size])
     if layers is not None:
         shape["num_hidden_layers"] = layers
-    if family == "modernbert":
-        cfg = ModernBertConfig(**shape, local_attention=WINDOW, sparse_prediction=True)
-    else:  # no dropout, so the training step's losses can be compared
-        cfg = BertConfig(**shape, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    cfg = FAMILIES[family].bench_config(shape, WINDOW)
     torch.manual_seed(0)
     hf = AutoModelForMaskedLM.from_config(cfg, attn_implementation="sdpa")
     with tempfile.TemporaryDirectory() as tmp:
@@ -304,19 +275,21 @@ def bench(
     passed to ``report`` as a table line as soon as it is measured."""
     from transformers.utils import logging as hf_logging
 
+    from bertsmith.train.interop import FAMILIES
+
     hf_logging.disable_progress_bar()
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peaks = {d: gemm_peak(dt[d], device) for d in dtypes}
     rows = []
     for family in families:
         hf, ours = hf_pair(family, size, layers, kernel, device)
-        hf.base = hf.model if family == "modernbert" else hf.bert
+        hf.base = getattr(hf, hf.base_model_prefix)
         ours.base = type(ours)(ours.encoder, None)
         gen = torch.Generator().manual_seed(0)
         for d in dtypes:
             for case in cases:
-                if case == "long" and family != "modernbert":
-                    continue  # BERT's learned positions stop at 512
+                if case == "long" and not FAMILIES[family].bench_long:
+                    continue  # e.g. BERT's learned positions stop at 512
                 batch = Batch(lengths_for(case, batch_tokens, 512, gen), ours.spec.vocab_size, device, gen)
                 rows.append(measure(family, case, d, hf, ours, batch, device, peaks[d], repeats))
                 report(format_row(rows[-1]))
