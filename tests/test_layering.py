@@ -119,3 +119,18 @@ def test_the_cycle_check_finds_a_cycle():
             raise AssertionError("the cycle a <-> b was not found")
     finally:
         _graph = real
+
+
+def test_every_package_is_in_the_wheel():
+    """A new room under ``train/`` (or any package folder) is listed in pyproject.toml's
+    ``packages`` and ``package-dir``; otherwise an installed (non-editable) bertsmith lacks it."""
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    folders = {
+        "bertsmith." + ".".join(p.parent.relative_to(ROOT).parts): p.parent.relative_to(ROOT).as_posix()
+        for package in PACKAGES
+        for p in (ROOT / package).rglob("__init__.py")
+    }
+    assert set(folders) <= set(tool["packages"])
+    assert {name: tool["package-dir"][name] for name in folders if name in tool["package-dir"]} == folders

@@ -1,4 +1,5 @@
-"""Run-directory plumbing for Lightning: metrics.csv, atomic checkpoints."""
+"""The jobs' Lightning callbacks and plugin (``train.jobs`` puts them together): metrics.csv,
+atomic checkpoints, a progress bar over steps."""
 
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import TQDMProgressBar
 
 from bertsmith.registry.errors import SpecError
-
-COLUMNS = ["step", "train_loss", "lr", "tokens_per_s", "val_loss", "val_mlm_acc", "val_nsp_acc"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -65,20 +64,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class MetricsCSV(L.Callback):
-    """``metrics.csv``: a row every ``log_every`` steps (step, train_loss, lr, tokens_per_s)
-    and a row at each validation (val_loss, val_mlm_acc[, val_nsp_acc]). On resume, rows
-    past the restored step (written after the checkpoint by the interrupted run) are dropped."""
+    """``metrics.csv`` with ``columns``: a row every ``log_every`` optimizer steps (and at
+    steps 1 and ``max_steps``) from the module's ``last_train``, and a row at each validation
+    from ``val(trainer, module)`` (default: the ``val_*`` values the module logged). On
+    resume, rows past the restored step (written after the checkpoint by the interrupted run)
+    are dropped. Only the global rank 0 writes."""
 
-    def __init__(self, path: Path, log_every: int, accumulate: int):
-        self.path, self.log_every, self.accumulate = Path(path), log_every, accumulate
+    def __init__(self, path: Path, log_every: int, columns: list[str], accumulate: int = 1, val=None):
+        self.path, self.log_every, self.columns = Path(path), log_every, columns
+        self.accumulate, self.val = accumulate, val or _logged_val
 
     def _write(self, row: dict) -> None:
         new = not self.path.exists()
         with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w = csv.DictWriter(f, fieldnames=self.columns)
             if new:
                 w.writeheader()
-            w.writerow({k: row.get(k, "") for k in COLUMNS})
+            w.writerow({k: row.get(k, "") for k in self.columns})
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.is_global_zero and self.path.exists():
@@ -86,7 +88,7 @@ class MetricsCSV(L.Callback):
                 rows = [r for r in csv.DictReader(f) if int(r["step"]) <= trainer.global_step]
             tmp = self.path.with_suffix(".tmp")
             with tmp.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=COLUMNS)
+                w = csv.DictWriter(f, fieldnames=self.columns)
                 w.writeheader()
                 w.writerows(rows)
             os.replace(tmp, self.path)
@@ -102,12 +104,13 @@ class MetricsCSV(L.Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        m = trainer.callback_metrics
-        row = {"step": trainer.global_step}
-        for key in ("val_loss", "val_mlm_acc", "val_nsp_acc"):
-            if key in m:
-                row[key] = f"{float(m[key]):.6g}"
-        self._write(row)
+        row = {k: f"{float(v):.6g}" for k, v in self.val(trainer, pl_module).items() if k in self.columns}
+        self._write({"step": trainer.global_step, **row})
+
+
+def _logged_val(trainer, pl_module) -> dict:
+    """The ``val_*`` values the module logged (reduced over ranks where it asked for that)."""
+    return {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val_")}
 
 
 def read_metrics(path: Path) -> list[dict]:

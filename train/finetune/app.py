@@ -3,7 +3,7 @@
     bertsmith finetune init_from=DIR [task=NAME] [group.key=value ...] [sift=true] [-m]
 
 ``init_from`` is a pre-training run, a model directory, a transformers directory or a sweep
-(see ``train.finetune.source``). Without ``hydra.run.dir``, fine-tuning a pre-training run
+(see ``train.sources``). Without ``hydra.run.dir``, fine-tuning a pre-training run
 writes into ``RUN/finetune/<task>`` (where ``bertsmith compare`` finds it), a sweep into
 each of its runs, anything else into ``runs/finetune/<task>/<time>``. As with ``train``, the
 configuration is composed and checked before Hydra starts a single run, so a mistake costs
@@ -13,26 +13,19 @@ one line and exit code 2 and writes nothing.
 from __future__ import annotations
 
 import re
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bertsmith.registry.composer import RECIPES, reject_targets
-from bertsmith.registry.errors import SpecError, choice, nearest
-from bertsmith.train.hydra_app import hydra_app, hydra_line
+from bertsmith.registry.composer import reject_targets
+from bertsmith.registry.errors import SpecError
+from bertsmith.train import hydra_app
 
 GROUPS = ("task", "optim", "schedule", "launcher")
 SECTIONS = ("task", "data", "sift", "optim", "schedule", "trainer")  # any of their keys may be set
 TOP = ("init_from", "tokenizer", "seed", "resume")
-_CHOICE = re.compile(r"^(?P<key>[a-z_]+)=(?P<value>[^=]*)$")
-_DOTTED = re.compile(r"^(?P<group>[a-z_]+)\.(?P<rest>[^=]+)=(?P<value>.*)$", re.S)
-
-
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (RECIPES / group).glob("*.yaml"))
 
 
 def prepare_overrides(args: list[str]) -> list[str]:
@@ -42,16 +35,11 @@ def prepare_overrides(args: list[str]) -> list[str]:
     for a in args:
         if a.startswith("-") or a.startswith("hydra.") or a.startswith("hydra/"):
             out.append(a)
-        elif (m := _CHOICE.match(a)) and m["key"] in GROUPS:
-            for one in m["value"].split(","):
-                if one not in _options(m["key"]):
-                    raise SpecError(choice(m["key"], one, _options(m["key"])))
-            out.append(a)
+        elif (known := hydra_app.group_override(a, GROUPS, SECTIONS)) is not None:
+            out.append(known)
         elif a.startswith("sift="):  # also a sweep: sift=false,true
             out.append(f"sift.enabled={a.split('=', 1)[1]}")
-        elif (m := _DOTTED.match(a)) and m["group"] in SECTIONS:
-            out.append(f"++{a}")
-        elif (m := _CHOICE.match(a)) and m["key"] in TOP:
+        elif (m := hydra_app.CHOICE.match(a)) and m["group"] in TOP:
             out.append(a)
         elif a.startswith(("model.", "model/", "model=")):
             raise SpecError(
@@ -60,10 +48,7 @@ def prepare_overrides(args: list[str]) -> list[str]:
             )
         else:
             key = re.split(r"[.=]", a.lstrip("+~"), maxsplit=1)[0]
-            known = [*GROUPS, *SECTIONS[1:], *TOP]
-            raise SpecError(
-                f"{key}: unknown key; allowed: {', '.join(dict.fromkeys(known))}{nearest(key, known)}"
-            )
+            raise hydra_app.unknown_key(key, [*GROUPS, *SECTIONS[1:], *TOP])
     return out
 
 
@@ -86,31 +71,24 @@ def parse_config(cfg: DictConfig):
 def precheck(overrides: list[str]) -> list[str]:
     """Compose and check one run's config before Hydra starts it; returns the overrides with
     the default run directory filled in (``RUN/finetune/<task>`` for a pre-training run)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     plain = [o for o in overrides if not o.startswith("-")]
-    try:
-        with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
-            cfg = compose(config_name="finetune", overrides=plain)
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise SpecError(hydra_line(str(e))) from None
+    cfg = hydra_app.compose("finetune", plain)
     fcfg = parse_config(cfg)
     from bertsmith.train.finetune import data
-    from bertsmith.train.finetune.source import resolve, tokenizer_path
+    from bertsmith.train.finetune.source import tokenizer_path
+    from bertsmith.train.sources import start_source
 
-    source, kind = resolve(fcfg.init_from)
-    if kind != "sweep":
-        tokenizer_path(source, kind, fcfg.tokenizer)
+    source = start_source(fcfg.init_from)
+    if source.kind != "sweep":
+        tokenizer_path(source, fcfg.tokenizer)
     if fcfg.data.source == "files":  # local files are cheap to read twice; a Hub dataset is not
         data.check_labels(*data.load_examples(fcfg.data), fcfg.task)
     if any(o.startswith("hydra.run.dir=") for o in plain):
         return overrides
-    if kind == "run":
-        return [*overrides, f"hydra.run.dir={source / 'finetune' / fcfg.task.name}"]
-    if kind == "sweep":  # each run gets its own RUN/finetune/<task>; nothing at the top
-        return [*overrides, f"hydra.run.dir={source}", "hydra.output_subdir=null"]
+    if source.kind == "run":
+        return [*overrides, f"hydra.run.dir={source.path / 'finetune' / fcfg.task.name}"]
+    if source.kind == "sweep":  # each run gets its own RUN/finetune/<task>; nothing at the top
+        return [*overrides, f"hydra.run.dir={source.path}", "hydra.output_subdir=null"]
     return overrides
 
 
@@ -118,12 +96,6 @@ def chained_config(text: str, init_from: str, resume: bool = False):
     """(config, resolved dict) of the fine-tuning that ``bertsmith train finetune="..."`` runs
     on its final model: ``text`` holds ``bertsmith finetune`` overrides; the model is the run's."""
     import shlex
-    from contextlib import nullcontext
-
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     try:
         args = shlex.split(text)
@@ -137,14 +109,7 @@ def chained_config(text: str, init_from: str, resume: bool = False):
             )
     with _about_finetune():
         overrides = [*prepare_overrides(args), f"init_from={init_from}", f"resume={str(resume).lower()}"]
-    # inside `train`'s Hydra job, Hydra is already set up on the same recipes folder
-    ready = GlobalHydra.instance().is_initialized()
-    try:
-        with nullcontext() if ready else initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
-            cfg = compose(config_name="finetune", overrides=overrides)
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise SpecError("finetune: " + hydra_line(str(e))) from None
-    with _about_finetune():
+        cfg = hydra_app.compose("finetune", overrides)  # inside `train`'s job: on its Hydra set-up
         return parse_config(cfg), OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -177,19 +142,13 @@ def run_chained(text: str, run_dir: Path, resume: bool) -> dict:
 
 def main(args: list[str]) -> int:
     """Entry point of ``bertsmith finetune``; returns the exit code."""
-    helpish = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args)
-    try:
-        from bertsmith.registry.composer import prepare
+    return hydra_app.hydra_main("finetune", "bertsmith finetune", args, _checked, _finetune_job)
 
-        prepare()  # plugins (init_from may use their blocks) and the slot options
-        overrides = prepare_overrides(args)
-        if not helpish and not any(a in ("-m", "--multirun") for a in args):
-            overrides = precheck(overrides)
-    except SpecError as e:
-        for line in e.lines:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    return hydra_app("finetune", "bertsmith finetune", overrides, _finetune_job)
+
+def _checked(args: list[str]) -> list[str]:
+    """The overrides for Hydra; a single run's configuration checked first."""
+    overrides = prepare_overrides(args)
+    return overrides if hydra_app.is_help(args) or hydra_app.is_multirun(args) else precheck(overrides)
 
 
 def _finetune_job(cfg: DictConfig):

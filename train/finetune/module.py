@@ -1,10 +1,6 @@
-"""The fine-tuning Lightning module and its ``metrics.csv``."""
+"""The fine-tuning Lightning module and the columns of its ``metrics.csv``."""
 
 from __future__ import annotations
-
-import csv
-import os
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -118,42 +114,3 @@ def csv_columns(task, sift: bool) -> list[str]:
     tags are BIO)."""
     extra = ["sift_loss"] if sift else []
     return ["step", "train_loss", "lr", *extra, "val_loss", *[f"val_{m}" for m in M.METRICS[task.kind]]]
-
-
-class FinetuneCSV(L.Callback):
-    """``metrics.csv``: ``step, train_loss, lr[, sift_loss]`` every ``log_every`` steps and
-    ``val_loss, val_<metric>...`` at each validation; on resume, rows past the restored
-    step are dropped (as in pre-training)."""
-
-    def __init__(self, path: Path, log_every: int, columns: list[str]):
-        self.path, self.log_every, self.columns = Path(path), log_every, columns
-
-    def _write(self, row: dict) -> None:
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.columns)
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in self.columns})
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self.path.exists():
-            with self.path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= trainer.global_step]
-            tmp = self.path.with_suffix(".tmp")
-            with tmp.open("w", newline="") as f:
-                w = csv.DictWriter(f, fieldnames=self.columns)
-                w.writeheader()
-                w.writerows(rows)
-            os.replace(tmp, self.path)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if step % self.log_every == 0 or step in (1, trainer.max_steps):
-            self._write({"step": step, **{k: f"{v:.6g}" for k, v in pl_module.last_train.items()}})
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        row = {f"val_{k}": f"{v:.6g}" for k, v in pl_module.last_val.items()}
-        self._write({"step": trainer.global_step, **row})

@@ -8,28 +8,24 @@ task head), ``config.yaml`` (everything resolved, label names included), ``token
 
 from __future__ import annotations
 
-import json
-import logging
 import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
-import yaml
 from torch.utils.data import DataLoader
 
 from bertsmith import registry
 from bertsmith.registry.errors import SpecError
-from bertsmith.registry.io import atomic_write, spec_file_text
 from bertsmith.registry.spec import spec_dict
-from bertsmith.train.callbacks import AtomicCheckpointIO, StepProgressBar
+from bertsmith.train import jobs
+from bertsmith.train.callbacks import MetricsCSV
 from bertsmith.train.finetune import data as D
 from bertsmith.train.finetune.metrics import majority_accuracy
-from bertsmith.train.finetune.module import FinetuneCSV, FinetuneModule, csv_columns
-from bertsmith.train.finetune.source import check_length, load_source, resolve, runs_in, with_new_head
+from bertsmith.train.finetune.module import FinetuneModule, csv_columns
+from bertsmith.train.finetune.source import check_length, load_source, with_new_head
 from bertsmith.train.pretrain.data import StepSampler
-from bertsmith.train.pretrain.loop import PeakRSS, check_run_dir
+from bertsmith.train.sources import Source, identify, runs_in, start_source
 
 
 class _Batches(L.LightningDataModule):
@@ -46,25 +42,17 @@ class _Batches(L.LightningDataModule):
         return DataLoader(self.val, batch_size=None)
 
 
-def _device(cfg) -> str:
-    acc = cfg.trainer.accelerator
-    return "cuda" if acc == "gpu" or (acc == "auto" and torch.cuda.is_available()) else "cpu"
-
-
 def finetune(cfg, run_dir: Path, resolved: dict, started: float | None = None) -> dict:
     """Fine-tune ``cfg.init_from`` on ``cfg.task``; a sweep directory fine-tunes each of its
     finished runs into ``RUN/finetune/<task>``. Returns the summary (also ``summary.json``)."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    source, kind = resolve(cfg.init_from)
+    jobs.quiet_lightning()
+    jobs.set_threads(cfg.trainer.threads)
+    source = start_source(cfg.init_from)
     examples = D.load_examples(cfg.data)
-    if kind != "sweep":
-        return finetune_one(cfg, source, kind, examples, run_dir, resolved, started)
+    if source.kind != "sweep":
+        return finetune_one(cfg, source, examples, run_dir, resolved, started)
     results = []
-    for run in runs_in(source):
+    for run in runs_in(source.path):
         out = run / "finetune" / cfg.task.name
         if not (run / "model" / "model.safetensors").is_file():
             print(f"bertsmith finetune: {run} has not finished pre-training; skipped")
@@ -72,122 +60,123 @@ def finetune(cfg, run_dir: Path, resolved: dict, started: float | None = None) -
         print(f"bertsmith finetune: {run} -> {out}")
         try:
             one = {**resolved, "init_from": str(run)}
-            results.append(finetune_one(cfg, run, "run", examples, out, one))
+            results.append(finetune_one(cfg, identify(run), examples, out, one))
         except (SpecError, FloatingPointError) as e:  # one bad run must not end the others
             lines = getattr(e, "lines", [str(e)])
             out.mkdir(parents=True, exist_ok=True)
             (out / "FAILED").write_text("\n".join(lines) + "\n")
             print(f"  failed: {lines[0]}")
-    return {"sweep": str(source), "task": cfg.task.name, "runs": results}
+    return {"sweep": str(source.path), "task": cfg.task.name, "runs": results}
 
 
-def finetune_one(cfg, source: Path, kind: str, examples, run_dir: Path, resolved: dict, started=None) -> dict:
-    started = time.time() if started is None else started
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    task = cfg.task
-    loaded, tok, tok_path = load_source(source, kind, cfg.tokenizer)
+@dataclass
+class _Start:
+    """What a fine-tuning job starts from: the model with its new head, the tokenizer, the
+    encoded examples and the labels."""
+
+    model: object
+    tok: object
+    train: list[dict]
+    val: list[dict]
+    num_labels: int
+    names: list[str] | None
+
+
+def _start(cfg, source: Source, examples) -> _Start:
+    loaded, tok, _ = load_source(source, cfg.tokenizer)
     check_length(loaded.spec, cfg.data.max_len)
     train_ex, val_ex = examples
-    num_labels, names = D.check_labels(train_ex, val_ex, task)
+    num_labels, names = D.check_labels(train_ex, val_ex, cfg.task)
     types = loaded.spec.type_vocab_size >= 2
-    enc = dict(task=task, num_labels=num_labels, names=names, max_len=cfg.data.max_len, types=types)
+    enc = dict(task=cfg.task, num_labels=num_labels, names=names, max_len=cfg.data.max_len, types=types)
     train_items = D.encode(train_ex, tok, where="the training data", **enc)
     val_items = D.encode(val_ex, tok, where="the validation data", **enc)
-    model = with_new_head(loaded, task, num_labels)
-    registry.check(model.spec, device=_device(cfg), training=True)
-    n_params = sum(p.numel() for p in model.parameters())
-    done = run_dir / "summary.json"
-    if cfg.resume and done.exists() and (run_dir / "model" / "model.safetensors").exists():
-        print(f"bertsmith finetune: {run_dir} already finished; nothing to resume")
-        return json.loads(done.read_text())
-    ckpt = check_run_dir(run_dir, cfg.resume, n_params)
-    if ckpt is not None and registry.load_spec(run_dir / "spec.yaml") != model.spec:
-        raise SpecError(
-            f"resume: given a model or task that differs from the one in {str(run_dir)!r}/spec.yaml, "
-            "allowed: the same init_from and task as the run being resumed"
-        )
+    model = with_new_head(loaded, cfg.task, num_labels)
+    registry.check(model.spec, device=jobs.device(cfg.trainer.accelerator), training=True)
+    return _Start(model, tok, train_items, val_items, num_labels, names)
+
+
+def finetune_one(cfg, source: Source, examples, run_dir: Path, resolved: dict, started=None) -> dict:
+    """One fine-tuning job of ``source`` (not a sweep) in ``run_dir``, in the frame of
+    ``train.jobs``; returns the summary (also ``summary.json``)."""
+    started = time.time() if started is None else started
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    s = _start(cfg, source, examples)
+    n_params = sum(p.numel() for p in s.model.parameters())
+    if (summary := jobs.finished(run_dir, cfg.resume, "bertsmith finetune")) is not None:
+        return summary
+    ckpt = jobs.check_run_dir(run_dir, cfg.resume)
+    if ckpt is not None:
+        same = "the same init_from and task"
+        jobs.check_same_spec(run_dir, s.model.spec, "a model or task", same, missing_ok=False)
     resolved = {
         **{k: v for k, v in resolved.items() if k != "hydra"},
         **cfg.model_dump(mode="json"),
         "init_from": resolved.get("init_from", cfg.init_from),
-        "labels": {"num_labels": num_labels, "names": names},
-        "model": spec_dict(model.spec),
+        "labels": {"num_labels": s.num_labels, "names": s.names},
+        "model": spec_dict(s.model.spec),
     }
-    atomic_write(run_dir / "spec.yaml", lambda p: p.write_text(spec_file_text(model.spec)))
-    atomic_write(run_dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=False)))
-    atomic_write(run_dir / "tokenizer.json", lambda p: tok.save(p))
+    jobs.write_inputs(run_dir, s.model.spec, resolved, s.tok)
 
     t = cfg.trainer
-    module = FinetuneModule(model, task, num_labels, names, cfg)
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="step={step}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=min(t.checkpoint_every, t.max_steps),
-        save_last=True,
-        save_top_k=1,  # the newest step=N.ckpt besides last.ckpt
-    )
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_steps=t.max_steps,
-        precision=t.precision,
-        gradient_clip_val=t.clip,
-        val_check_interval=t.val_every,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        logger=False,
-        accelerator=t.accelerator,
-        devices=1,
-        callbacks=[
-            checkpoint,
-            FinetuneCSV(run_dir / "metrics.csv", t.log_every, csv_columns(task, cfg.sift.enabled)),
-            *([StepProgressBar(refresh_rate=1)] if t.progress else []),
-        ],
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=t.progress,
-        enable_model_summary=False,
-        max_epochs=-1,
-    )
-    pad = tok.pad_id
+    module = FinetuneModule(s.model, cfg.task, s.num_labels, s.names, cfg)
+    trainer = _trainer(run_dir, cfg)
+    pad = s.tok.pad_id
     dm = _Batches(
-        D.StepBatches(train_items, cfg.data.batch_size, cfg.seed, pad),
-        D.val_batches(val_items, cfg.data.eval_batch_size, pad),
+        D.StepBatches(s.train, cfg.data.batch_size, cfg.seed, pad),
+        D.val_batches(s.val, cfg.data.eval_batch_size, pad),
     )
-    start = time.time()
-    with PeakRSS() as peak:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-    train_s = time.time() - start
+    train_s, peak = jobs.fit(trainer, module, dm, ckpt)
     if trainer.global_step % t.val_every or not module.last_val:
         trainer.validate(module, datamodule=dm, verbose=False)
-    model_dir = registry.save(model, run_dir / "model", tokenizer=run_dir / "tokenizer.json")
+    model_dir = registry.save(s.model, run_dir / "model", tokenizer=run_dir / "tokenizer.json")
     summary = {
-        "task": task.name,
-        "kind": task.kind,
-        "metric": task.metric,
-        "metrics": {k: round(v, 6) for k, v in module.last_val.items() if k != "loss"},
-        "val_loss": round(module.last_val["loss"], 6),
-        "train_loss": module.last_train.get("train_loss"),
-        "steps": trainer.global_step,
-        "n_train": len(train_items),
-        "n_val": len(val_items),
-        "num_labels": num_labels,
-        "labels": names,
+        **_scores(cfg.task, s, module, trainer.global_step),
         "init_from": str(resolved["init_from"]),
         "sift": cfg.sift.enabled,
         "run_dir": str(run_dir),
         "model_dir": str(model_dir),
         "params": n_params,
         "train_s": round(train_s, 1),
-        "wall_s": round(time.time() - started, 1),
-        "peak_rss_mb": round(peak.max_bytes / 2**20, 1),
+        **jobs.usage(started, peak),
     }
-    if task.kind == "classification":
-        gold = [x["label"] for x in val_items]
-        summary["majority_accuracy"] = round(majority_accuracy([x["label"] for x in train_items], gold), 6)
-    atomic_write(done, lambda p: p.write_text(json.dumps(summary, indent=2)))
+    if cfg.task.kind == "classification":
+        gold = [x["label"] for x in s.val]
+        summary["majority_accuracy"] = round(majority_accuracy([x["label"] for x in s.train], gold), 6)
+    jobs.write_summary(run_dir, summary)
     _print(summary)
     return summary
+
+
+def _trainer(run_dir: Path, cfg) -> L.Trainer:
+    t = cfg.trainer
+    columns = csv_columns(cfg.task, cfg.sift.enabled)
+    metrics = MetricsCSV(run_dir / "metrics.csv", t.log_every, columns, val=_val_row)
+    every = min(t.checkpoint_every, t.max_steps)
+    # save_top_k=1: the newest step=N.ckpt besides last.ckpt
+    return jobs.make_trainer(run_dir, t, metrics, dict(every_n_train_steps=every, save_top_k=1), devices=1)
+
+
+def _val_row(trainer, module) -> dict:
+    """The whole validation set's scores (``FinetuneModule.last_val``), as ``val_<name>``."""
+    return {f"val_{k}": v for k, v in module.last_val.items()}
+
+
+def _scores(task, s: _Start, module, steps: int) -> dict:
+    """The summary's first fields: the task, the final validation scores, the data's size."""
+    return {
+        "task": task.name,
+        "kind": task.kind,
+        "metric": task.metric,
+        "metrics": {k: round(v, 6) for k, v in module.last_val.items() if k != "loss"},
+        "val_loss": round(module.last_val["loss"], 6),
+        "train_loss": module.last_train.get("train_loss"),
+        "steps": steps,
+        "n_train": len(s.train),
+        "n_val": len(s.val),
+        "num_labels": s.num_labels,
+        "labels": s.names,
+    }
 
 
 def _print(s: dict) -> None:

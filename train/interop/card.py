@@ -164,7 +164,7 @@ def _metrics(cfg: dict, rows: list[dict]) -> list[str]:
 
 def model_card(model, plan, source, has_tokenizer: bool) -> str:
     """``README.md`` for ``model`` exported as ``plan`` (an ``export.Export``) from ``source``
-    (an ``export.Source``)."""
+    (a ``sources.Source``)."""
     auto = _auto_class(plan.arch)
     lines = _intro(model.spec, plan, source, auto) + _load(plan, auto, has_tokenizer)
     lines += _architecture(model, plan) + _recipe(model.spec)

@@ -44,40 +44,9 @@ from bertsmith.registry.spec import spec_dict
 from bertsmith.train.interop import FAMILIES, remote
 from bertsmith.train.interop.card import model_card
 from bertsmith.train.interop.hf import spec_from_config
+from bertsmith.train.sources import Source, model_or_run
 
 TOLERANCE = 1e-4  # export-time self-check, relative to the output scale; tests hold 1e-5 absolute
-
-
-# --- sources ----------------------------------------------------------------------------------
-
-
-@dataclass
-class Source:
-    """What ``RUN_DIR|MODEL_DIR`` points at: the spec, the model directory (weights), and the
-    run directory (config.yaml, metrics.csv) when there is one."""
-
-    path: Path
-    spec_path: Path
-    model_dir: Path | None
-    run_dir: Path | None
-
-
-def find_source(path: str | os.PathLike) -> Source:
-    """Resolve a run directory (``spec.yaml``, ``config.yaml``, ``model/``) or a model
-    directory (``spec.yaml``, ``model.safetensors``)."""
-    p = Path(path).expanduser()
-    if (p / "spec.yaml").is_file() and (p / "model.safetensors").is_file():
-        run = (
-            p.parent if (p.parent / "config.yaml").is_file() and (p.parent / "spec.yaml").is_file() else None
-        )
-        return Source(p, p / "spec.yaml", p, run)
-    if (p / "spec.yaml").is_file() and (p / "config.yaml").is_file():
-        model = p / "model" if (p / "model" / "model.safetensors").is_file() else None
-        return Source(p, p / "spec.yaml", model, p)
-    raise SpecError(
-        f"export: given {str(p)!r}, allowed: a run directory (spec.yaml, config.yaml, model/) "
-        "or a model directory (spec.yaml, model.safetensors)"
-    )
 
 
 def _fresh_output(out: Path, is_dir: bool) -> None:
@@ -115,7 +84,7 @@ def recipe_text(spec, origin: str) -> str:
 def export_recipe(src: str | os.PathLike, out: str | os.PathLike):
     """Write the spec of ``src`` as a recipe file ``out``; returns the spec. The file is
     composed back before it is moved into place, and must give the identical spec."""
-    source = find_source(src)
+    source = model_or_run(src)
     spec = registry.load_spec(source.spec_path)
     out = Path(out).expanduser()
     _fresh_output(out, is_dir=False)
@@ -548,7 +517,7 @@ def export_hf(
 ) -> tuple[Export, dict[str, float]]:
     """Write ``src``'s model as a transformers directory ``out`` (see the module doc).
     Returns the plan and the max output differences measured when loading it back."""
-    source = find_source(src)
+    source = model_or_run(src)
     if source.model_dir is None:
         raise SpecError(
             f"export: given {str(source.path)!r}, a run directory without model/ (the run has not "

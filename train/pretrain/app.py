@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,18 +23,23 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from bertsmith.registry.composer import (
-    RECIPES,
-    file_option_name,
     finish_model_config,
     hydra_overrides,
-    missing_slots,
     model_overrides,
     prepare,
     reject_targets,
-    swappable_copy,
 )
-from bertsmith.registry.errors import SpecError, choice, nearest
-from bertsmith.train.hydra_app import hydra_app, hydra_line
+from bertsmith.registry.errors import SpecError
+from bertsmith.train.hydra_app import (
+    CHOICE,
+    compose,
+    group_override,
+    hydra_main,
+    is_help,
+    is_multirun,
+    recipe_choice,
+    unknown_key,
+)
 
 SETTINGS = ("data", "tokenizer", "objective", "optim", "schedule", "trainer")  # typed in train.config
 GROUPS = ("model", *SETTINGS, "pretrain", "ablation", "sweep", "launcher")
@@ -53,12 +57,6 @@ _FLAG_WITH_VALUE = {
     "-cd",
     "--experimental-rerun",
 }
-_CHOICE = re.compile(r"^(?P<group>[a-z_]+)=(?P<value>[^=]*)$")
-_DOTTED = re.compile(r"^(?P<group>[a-z_]+)\.(?P<rest>[^=]+)=(?P<value>.*)$", re.S)
-
-
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (RECIPES / group).glob("*.yaml"))
 
 
 def prepare_overrides(args: list[str], tmp: Path) -> list[str]:
@@ -82,45 +80,15 @@ def prepare_overrides(args: list[str], tmp: Path) -> list[str]:
     model_overrides(plain, sweep=True)  # a slot swapped twice, or also by its kind: one line
     out = []
     for ov in ovs:
-        if (m := _CHOICE.match(ov)) and m["group"] in GROUPS:
-            group, value = m["group"], m["value"]
-            if group == "model":
-                out += _model_choice(value, tmp)
-                continue
-            for one in value.split(","):
-                if one not in _options(group):
-                    raise SpecError(choice(group, one, _options(group)))
-            out.append(ov)
-        elif (m := _DOTTED.match(ov)) and m["group"] in SETTINGS:
-            out.append(f"++{ov}")
-        elif (m := _CHOICE.match(ov)) and m["group"] not in TOP and "." not in m["group"]:
-            known = [*GROUPS, *TOP]
-            raise SpecError(
-                f"{m['group']}: unknown key; allowed: {', '.join(known)}{nearest(m['group'], known)}"
-            )
+        if (m := CHOICE.match(ov)) and m["group"] == "model":
+            out += recipe_choice(m["value"], tmp)
+        elif (known := group_override(ov, GROUPS, SETTINGS)) is not None:
+            out.append(known)
+        elif (m := CHOICE.match(ov)) and m["group"] not in TOP:
+            raise unknown_key(m["group"], [*GROUPS, *TOP])
         else:
             out.append(ov)
     return out + flags
-
-
-def _model_choice(value: str, tmp: Path) -> list[str]:
-    """``model=`` for Hydra: a recipe file (or a sweep of several) becomes an option in a
-    search path entry; so does a recipe whose defaults tree leaves a slot unselected (a
-    standalone recipe), with ``<slot>: null`` added so ``model/<slot>=`` applies to it too."""
-    names, search = [], False
-    for one in value.split(","):
-        if one.endswith((".yaml", ".yml")) or "/" in one:
-            path = Path(one).expanduser().resolve()
-            names.append(swappable_copy(path, tmp, file_option_name(path)))
-            search = True
-        elif one not in _options("model"):
-            raise SpecError(choice("model", one, _options("model")))
-        elif missing_slots(one):
-            names.append(swappable_copy(RECIPES / "model" / f"{one}.yaml", tmp, f"_file_{one}"))
-            search = True
-        else:
-            names.append(one)
-    return [f"model={','.join(names)}", *([f"hydra.searchpath=[file://{tmp}]"] if search else [])]
 
 
 def parse_config(cfg: DictConfig, task_overrides: list[str]):
@@ -151,26 +119,10 @@ def parse_config(cfg: DictConfig, task_overrides: list[str]):
     return spec, tcfg
 
 
-def _compose_train(plain: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=str(RECIPES), version_base="1.3"):
-            return compose(config_name="train", overrides=plain, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException, ValueError) as e:
-        raise SpecError(hydra_line(str(e))) from None
-    except RecursionError:  # a recipe whose defaults reach itself
-        raise SpecError(
-            "defaults: a recipe includes itself (directly or through another), allowed: a tree"
-        ) from None
-
-
 def precheck(overrides: list[str]) -> None:
     """Compose and validate a single run's config before Hydra starts it."""
     plain = [o for o in overrides if not o.startswith("-")]
-    cfg = _compose_train(plain)
+    cfg = compose("train", plain, hydra_config=True)
     from bertsmith.train.pretrain.loop import cheap_checks, planned_run_dir
 
     run_dir = planned_run_dir(cfg)  # checked for room and permission before Hydra creates it
@@ -208,7 +160,7 @@ def precheck_swaps(overrides: list[str]) -> None:
             continue
         for v in vals:
             one = [*first[:i], f"{key}={v}", *first[i + 1 :]]
-            cfg = _compose_train(one)
+            cfg = compose("train", one, hydra_config=True)
             try:
                 data = OmegaConf.to_container(cfg.model, resolve=True)
             except OmegaConfBaseException:
@@ -221,23 +173,22 @@ def main(args: list[str]) -> int:
     """Entry point of ``bertsmith train``; returns the exit code."""
     tmp = Path(tempfile.mkdtemp(prefix="bertsmith-train-"))
     try:
-        helpish = any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for a in args)
-        try:
-            prepare()  # plugins and the slot options, before anything is composed (--help too)
-            overrides = prepare_overrides(args, tmp)
-            if helpish:
-                pass
-            elif any(a in ("-m", "--multirun") for a in args):
-                precheck_swaps(overrides)
-            else:
-                precheck(overrides)
-        except SpecError as e:
-            for line in e.lines:
-                print(f"error: {line}", file=sys.stderr)
-            return 2
-        return hydra_app("train", "bertsmith train", overrides, _train_job)
+        return hydra_main("train", "bertsmith train", args, lambda a: _checked(a, tmp), _train_job)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _checked(args: list[str], tmp: Path) -> list[str]:
+    """The overrides for Hydra, the whole configuration checked first (each arm of a sweep
+    of blocks with ``-m``)."""
+    overrides = prepare_overrides(args, tmp)
+    if is_help(args):
+        pass
+    elif is_multirun(args):
+        precheck_swaps(overrides)
+    else:
+        precheck(overrides)
+    return overrides
 
 
 def _train_job(cfg: DictConfig):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bertsmith import registry
 from bertsmith.registry.errors import SpecError
+from bertsmith.train import sources
 from bertsmith.train.pretrain.config import TokenizerConfig
 
 
@@ -26,24 +27,6 @@ def pretraining_head(nsp: bool):
     ``next_sentence`` for next-sentence prediction)."""
     need = {"masked_lm", "next_sentence"} if nsp else {"masked_lm"}
     return next(e for e in registry.REGISTRY.entries["head"].values() if need <= e.provides)
-
-
-def _source(tcfg) -> tuple[Path, str]:
-    """(directory, ``bertsmith`` | ``remote`` | ``transformers``)."""
-    d = Path(tcfg.init_from).expanduser().resolve()
-    if (d / "spec.yaml").is_file() and (d / "model.safetensors").is_file():
-        return d, "bertsmith"
-    if (d / "config.json").is_file():
-        try:
-            model_type = json.loads((d / "config.json").read_text(encoding="utf-8")).get("model_type")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            model_type = None
-        return d, "remote" if model_type == "bertsmith" else "transformers"
-    raise SpecError(
-        f"init_from: given {tcfg.init_from!r}, allowed: a model directory (spec.yaml, "
-        "model.safetensors; a run's model/ or an import-hf output) or a transformers directory "
-        "(config.json; e.g. a bertsmith export)"
-    )
 
 
 def _with_head(spec, tcfg):
@@ -61,10 +44,11 @@ def _with_head(spec, tcfg):
 
 def spec_of(tcfg):
     """The spec a run with ``init_from`` trains (cheap: reads the spec or config only)."""
-    d, kind = _source(tcfg)
-    if kind == "bertsmith":
-        spec = registry.load_spec(d / "spec.yaml")
-    elif kind == "remote":
+    source = sources.model_source(tcfg.init_from)
+    d = source.path
+    if source.kind == "bertsmith":
+        spec = registry.load_spec(source.spec_path)
+    elif source.kind == "remote":
         data = json.loads((d / "config.json").read_text(encoding="utf-8")).get("bertsmith_spec")
         spec = registry.parse_spec(data, prefix="config.json bertsmith_spec.")
     else:
@@ -74,10 +58,13 @@ def spec_of(tcfg):
     return _with_head(spec, tcfg)
 
 
-def _read(d: Path, kind: str):
-    if kind == "bertsmith":
-        return registry.load(d)
-    if kind == "remote":
+def read(source: sources.Source):
+    """The model a resolved source holds, as stored (a run: its final ``model/``); a
+    transformers directory is imported into a temporary directory, nothing in it executed."""
+    d = source.path
+    if source.model_dir is not None:
+        return registry.load(source.model_dir)
+    if source.kind == "remote":
         from bertsmith.train.interop.export import read_remote_export
 
         return read_remote_export(d)
@@ -89,8 +76,9 @@ def _read(d: Path, kind: str):
 
 def load(tcfg):
     """(model with the directory's weights, ``tcfg`` using the directory's tokenizer if any)."""
-    d, kind = _source(tcfg)
-    loaded = _read(d, kind)
+    source = sources.model_source(tcfg.init_from)
+    d = source.path
+    loaded = read(source)
     spec = _with_head(loaded.spec, tcfg)
     model = loaded
     if spec.head != loaded.spec.head:  # a new head: initialise everything, then load the encoder

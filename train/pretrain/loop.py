@@ -1,26 +1,24 @@
-"""One training job: data, model, Lightning trainer, run directory, summary."""
+"""One pre-training job: data, model and Lightning module in the frame of ``train.jobs``
+(run directory, resume, trainer, summary); the checks that come before it (``cheap_checks``:
+the recipe against the data and the disk) and the numerical faults that end it."""
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import shutil
-import threading
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
 from bertsmith import registry
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import atomic_write
 from bertsmith.registry.spec import parse_spec, spec_dict
-from bertsmith.train.callbacks import AtomicCheckpointIO, MetricsCSV, StepProgressBar, read_metrics
+from bertsmith.train import jobs
+from bertsmith.train.callbacks import MetricsCSV, read_metrics
 from bertsmith.train.pretrain import corpus, init_from
 from bertsmith.train.pretrain.data import Data, StreamingBatches, build_data
 from bertsmith.train.pretrain.module import NonFiniteError, PretrainModule, all_finite
@@ -47,40 +45,6 @@ class PretrainDataModule(L.LightningDataModule):
 
     def val_dataloader(self):
         return DataLoader(self.data.val, batch_size=None)
-
-
-class PeakRSS:
-    """The largest resident set size of this process while the block runs, sampled every
-    ``interval`` s (jobs of a sweep may share a process, so the process-lifetime peak would
-    mislead)."""
-
-    def __init__(self, interval: float = 0.05):
-        self.interval = interval
-
-    def __enter__(self):
-        self.max_bytes, self._stop = self._rss(), threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.max_bytes = max(self.max_bytes, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:  # not Linux: fall back to the process-lifetime peak
-            import resource
-
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.max_bytes = max(self.max_bytes, self._rss())
 
 
 def checkpoint_bytes(n_params: int) -> int:
@@ -119,8 +83,12 @@ def check_writable(run_dir: Path, n_params: int, tcfg) -> None:
             f"hydra.run.dir: given {str(run_dir)!r}, allowed: a writable directory "
             f"(no write permission for {str(base)!r})"
         )
-    written = len(list((run_dir / "checkpoints").glob("step=*.ckpt"))) if tcfg.resume else 0
-    _check_space(run_dir, base, n_params, tcfg, written)
+    _check_space(run_dir, base, n_params, tcfg, _written(run_dir, tcfg.resume))
+
+
+def _written(run_dir: Path, resume: bool) -> int:
+    """The ``step=N.ckpt`` checkpoints a resumed run need not write again."""
+    return len(list((run_dir / "checkpoints").glob("step=*.ckpt"))) if resume else 0
 
 
 def _check_space(run_dir: Path, where: Path, n_params: int, tcfg, written: int) -> None:
@@ -164,39 +132,6 @@ def planned_run_dir(cfg) -> Path | None:
     return Path(str(run_dir)) if run_dir else None
 
 
-def refuse_overwrite(run_dir: Path, resume: bool) -> Path:
-    """``checkpoints/last.ckpt`` of ``run_dir``; an error if it exists and ``resume`` is false."""
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
-    if last.exists() and not resume:
-        raise SpecError(
-            f"resume: given false, but {str(run_dir)!r} already holds a run "
-            "(checkpoints/last.ckpt); allowed: resume=true to continue it, or another hydra.run.dir"
-        )
-    return last
-
-
-def check_run_dir(run_dir: Path, resume: bool, params: int, tcfg=None) -> Path | None:
-    """Fail early on an unwritable or full disk; refuse to overwrite an existing run.
-    Returns the checkpoint to resume from, if any."""
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise SpecError(
-            f"hydra.run.dir: given {str(run_dir)!r}, allowed: a writable directory ({e.strerror or e})"
-        ) from None
-    last = refuse_overwrite(run_dir, resume)
-    if tcfg is not None:
-        written = len(list((run_dir / "checkpoints").glob("step=*.ckpt"))) if resume else 0
-        _check_space(run_dir, run_dir, params, tcfg, written)
-    if resume:  # a kill during a write leaves its temporary file; the renamed-to file is intact
-        for tmp in (run_dir / "checkpoints").glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-    return last if resume and last.exists() else None
-
-
 def cheap_checks(spec, tcfg, run_dir: Path | None = None) -> None:
     """What can be checked before any data is read or anything is written; with ``run_dir``,
     also that it can be written and has room for the run's checkpoints."""
@@ -222,9 +157,9 @@ def cheap_checks(spec, tcfg, run_dir: Path | None = None) -> None:
         corpus.file_paths(tcfg.data.path)
     if tcfg.tokenizer.kind == "file":
         load_tokenizer(tcfg.tokenizer.path)
-    registry.check(spec, device=_device(tcfg), training=True)
+    registry.check(spec, device=jobs.device(tcfg.trainer.accelerator), training=True)
     if run_dir is not None:
-        refuse_overwrite(run_dir, tcfg.resume)
+        jobs.refuse_overwrite(run_dir, tcfg.resume)
         check_writable(run_dir, estimate_params(spec, tcfg), tcfg)
 
 
@@ -235,134 +170,119 @@ def fit_spec_to_data(spec, data: Data):
     )
 
 
-def _device(tcfg) -> str:
-    acc = tcfg.trainer.accelerator
-    return "cuda" if acc == "gpu" or (acc == "auto" and torch.cuda.is_available()) else "cpu"
+COLUMNS = [
+    "step",
+    "train_loss",
+    "lr",
+    "tokens_per_s",
+    "val_loss",
+    "val_mlm_acc",
+    "val_nsp_acc",
+]  # metrics.csv
 
 
 def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = None) -> dict:
-    """Run one pre-training job in ``run_dir``; returns the summary (also ``summary.json``)."""
+    """Run one pre-training job in ``run_dir``; returns the summary (also ``summary.json``).
+    The frame (run directory, resume, Lightning, summary.json) is ``train.jobs``'s."""
     started = time.time() if started is None else started
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # no banner lines around our output
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning's own deprecation
-    # resuming means checkpoints/ is not empty, possibly in a moved run dir: expected, not news
-    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")
-    warnings.filterwarnings("ignore", message=".*The dirpath has changed from.*")
-    if tcfg.trainer.threads:
-        torch.set_num_threads(tcfg.trainer.threads)
+    jobs.quiet_lightning(resumable=True)
+    jobs.set_threads(tcfg.trainer.threads)
     cheap_checks(spec, tcfg)
     L.seed_everything(tcfg.seed, workers=True, verbose=False)
+    spec, tcfg, resolved, data, model = _build(spec, tcfg, resolved)
+    n_params = sum(p.numel() for p in model.parameters())
+    if (summary := jobs.finished(run_dir, tcfg.resume)) is not None:  # a re-run sweep skips it
+        return summary
+    ckpt = _resume_point(run_dir, tcfg, spec, data.tok, n_params)
+    if jobs.is_rank_zero():
+        resolved = {
+            "model": spec_dict(spec),
+            **tcfg.model_dump(mode="json"),
+            **{k: v for k, v in resolved.items() if k not in ("model", "hydra", *tcfg.model_fields)},
+        }
+        jobs.write_inputs(run_dir, spec, resolved, data.tok)
+
+    t = tcfg.trainer
+    module = PretrainModule(model, tcfg.optim, tcfg.schedule, t.max_steps, t.skip_nonfinite)
+    if t.compile:
+        module.model = torch.compile(module.model, dynamic=True)
+    trainer = _trainer(run_dir, t)
+    dm = PretrainDataModule(data, t.accumulate)
+    train_s, peak = _fit(trainer, module, dm, ckpt, run_dir, t.skip_nonfinite)
+    if trainer.global_step % t.val_every:
+        trainer.validate(module, datamodule=dm, verbose=False)
+    if not trainer.is_global_zero:
+        return {}
+    model_dir = registry.save(_unwrapped(module), run_dir / "model", tokenizer=run_dir / "tokenizer.json")
+    summary = summarize(run_dir, model_dir, data, train_s)
+    summary = {**summary, "params": n_params, **jobs.usage(started, peak, cuda=True)}
+    jobs.write_summary(run_dir, summary)
+    return summary
+
+
+def _build(spec, tcfg, resolved: dict):
+    """(spec, tcfg, resolved, data, model): ``init_from``'s model, spec and tokenizer, or a
+    new model of ``spec`` whose vocabulary follows the tokenizer."""
     initial = None
     if tcfg.init_from:  # weights, spec and tokenizer from a model directory
         initial, tcfg = init_from.load(tcfg)
         resolved = {**resolved, "tokenizer": tcfg.tokenizer.model_dump()}
     data = build_data(tcfg, tcfg.seed)
     spec = fit_spec_to_data(spec, data) if initial is None else init_from.fit(initial, data)
-    registry.check(spec, device=_device(tcfg), training=True)
+    registry.check(spec, device=jobs.device(tcfg.trainer.accelerator), training=True)
     model = registry.build(spec) if initial is None else initial
-    n_params = sum(p.numel() for p in model.parameters())
-    done = run_dir / "summary.json"
-    if tcfg.resume and done.exists() and (run_dir / "model" / "model.safetensors").exists():
-        print(f"bertsmith: {run_dir} already finished; nothing to resume")  # a re-run sweep skips it
-        return json.loads(done.read_text())
-    ckpt = check_run_dir(run_dir, tcfg.resume, n_params, tcfg)
+    return spec, tcfg, resolved, data, model
+
+
+def _resume_point(run_dir: Path, tcfg, spec, tok: Tok, n_params: int) -> Path | None:
+    """The run directory checked (``jobs.check_run_dir``, with room for this run's
+    checkpoints); the checkpoint to resume from, after the tokenizer and the spec it was
+    trained with are found to be the same."""
+
+    def room() -> None:
+        _check_space(run_dir, run_dir, n_params, tcfg, _written(run_dir, tcfg.resume))
+
+    ckpt = jobs.check_run_dir(run_dir, tcfg.resume, room)
     if tcfg.resume and ckpt is None:
         print(f"bertsmith: resume=true but {run_dir} has no checkpoint yet; starting fresh")
     if ckpt is not None:
-        check_same_tokenizer(run_dir, data.tok)  # first: the tokenizer sizes the model's vocabulary
-        old = registry.load_spec(run_dir / "spec.yaml") if (run_dir / "spec.yaml").exists() else spec
-        if old != spec:
-            raise SpecError(
-                f"resume: given a model that differs from the one in {str(run_dir)!r}/spec.yaml, "
-                "allowed: the same recipe and overrides as the run being resumed"
-            )
+        check_same_tokenizer(run_dir, tok)  # first: the tokenizer sizes the model's vocabulary
+        jobs.check_same_spec(run_dir, spec, "a model", "the same recipe and overrides")
+    return ckpt
 
-    is_zero = int(os.environ.get("LOCAL_RANK", "0")) == 0
-    if is_zero:
-        # every setting, defaults included, so the run can be read without this version's code
-        resolved = {
-            "model": spec_dict(spec),
-            **tcfg.model_dump(mode="json"),
-            **{k: v for k, v in resolved.items() if k not in ("model", "hydra", *tcfg.model_fields)},
-        }
-        atomic_write(run_dir / "spec.yaml", lambda p: p.write_text(registry.io.spec_file_text(spec)))
-        atomic_write(
-            run_dir / "config.yaml", lambda p: p.write_text(yaml.safe_dump(resolved, sort_keys=False))
-        )
-        atomic_write(run_dir / "tokenizer.json", lambda p: data.tok.save(p))
 
-    t = tcfg.trainer
-    module = PretrainModule(model, tcfg.optim, tcfg.schedule, t.max_steps, t.skip_nonfinite)
-    if t.compile:
-        module.model = torch.compile(module.model, dynamic=True)
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="step={step}",
-        auto_insert_metric_name=False,
+def _trainer(run_dir: Path, t) -> L.Trainer:
+    strategy = t.strategy
+    if strategy == "auto" and t.devices > 1:
+        strategy = "ddp_spawn"  # Lightning's "ddp" relaunches argv, which Hydra multirun breaks
+    checkpoint = dict(
         every_n_train_steps=t.checkpoint.every_n_steps,
-        save_last=True,
         save_top_k=-1,
         # a resumed run rewrites the step=N.ckpt an interrupted or diverged run left past its
         # restored step, and last.ckpt even in a moved run dir (Lightning would write
         # step=N-v1.ckpt and last-v1.ckpt beside them, and resume=true would find the old last)
         enable_version_counter=False,
     )
-    strategy = t.strategy
-    if strategy == "auto" and t.devices > 1:
-        strategy = "ddp_spawn"  # Lightning's "ddp" relaunches argv, which Hydra multirun breaks
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        max_steps=t.max_steps,
-        precision=t.precision,
-        accumulate_grad_batches=t.accumulate,
-        gradient_clip_val=t.clip,
-        val_check_interval=t.val_every * t.accumulate,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,
-        logger=False,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=strategy,
-        callbacks=[
-            checkpoint,
-            MetricsCSV(run_dir / "metrics.csv", t.log_every, t.accumulate),
-            *([StepProgressBar(refresh_rate=1)] if t.progress else []),
-        ],
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=t.progress,
-        enable_model_summary=False,
-        max_epochs=-1,
+    metrics = MetricsCSV(run_dir / "metrics.csv", t.log_every, COLUMNS, t.accumulate)
+    return jobs.make_trainer(
+        run_dir, t, metrics, checkpoint, t.accumulate, devices=t.devices, strategy=strategy
     )
-    dm = PretrainDataModule(data, t.accumulate)
-    start = time.time()
+
+
+def _fit(trainer: L.Trainer, module, dm, ckpt: Path | None, run_dir: Path, skip: int) -> tuple[float, int]:
+    """``jobs.fit``; a numerical fault, or final weights that are not finite, is one line."""
     try:
-        with PeakRSS() as peak:
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-        final = getattr(module.model, "_orig_mod", module.model)
-        if not all_finite(p.detach() for p in final.parameters()):  # the last update overflowed
+        fitted = jobs.fit(trainer, module, dm, ckpt)
+        if not all_finite(p.detach() for p in _unwrapped(module).parameters()):  # the last update overflowed
             raise NonFiniteError("weights", trainer.global_step, module.skipped)
     except NonFiniteError as e:
-        raise SpecError(nonfinite_line(e, run_dir, t.skip_nonfinite)) from None
-    train_s = time.time() - start
-    if trainer.global_step % t.val_every:
-        trainer.validate(module, datamodule=dm, verbose=False)
-    if not trainer.is_global_zero:
-        return {}
-    model_dir = registry.save(
-        getattr(module.model, "_orig_mod", module.model),
-        run_dir / "model",
-        tokenizer=run_dir / "tokenizer.json",
-    )
-    summary = summarize(run_dir, model_dir, data, train_s)
-    summary["params"] = n_params
-    summary["wall_s"] = round(time.time() - started, 1)
-    summary["peak_rss_mb"] = round(peak.max_bytes / 2**20, 1)
-    if torch.cuda.is_available():
-        summary["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    atomic_write(done, lambda p: p.write_text(json.dumps(summary, indent=2)))
-    return summary
+        raise SpecError(nonfinite_line(e, run_dir, skip)) from None
+    return fitted
+
+
+def _unwrapped(module: PretrainModule):
+    """The model as built (``torch.compile`` wraps it)."""
+    return getattr(module.model, "_orig_mod", module.model)
 
 
 def check_same_tokenizer(run_dir: Path, tok: Tok) -> None:
@@ -397,7 +317,7 @@ def keep_last_good(run_dir: Path, good_step: int) -> int | None:
 
 def nonfinite_line(e: NonFiniteError, run_dir: Path, allowed: int) -> str:
     """The one line a numerical fault ends a run with: what, which step, what is kept."""
-    step = keep_last_good(run_dir, e.good_step) if int(os.environ.get("LOCAL_RANK", "0")) == 0 else None
+    step = keep_last_good(run_dir, e.good_step) if jobs.is_rank_zero() else None
     last = run_dir / "checkpoints" / "last.ckpt"
     kept = (
         f"last good checkpoint: {last} (step {step}); resume=true with a lower optim.lr continues from it"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from bertsmith.train.pretrain.loop import PeakRSS
+from bertsmith.train.jobs import PeakRSS
 from bertsmith.train.tools.bench_cases import CASES
 
 LONG, WINDOW, MASK_RATE = 4096, 128, 0.3

@@ -1,0 +1,72 @@
+"""The commands around runs: ``compare`` and ``bench``."""
+
+from __future__ import annotations
+
+from bertsmith.train.tools.bench_cases import CASES  # no torch: --help stays quick
+
+
+def _cmd_compare(args) -> None:
+    from bertsmith.train.tools.compare import compare
+
+    result = compare(args.sweep_dir, args.metric)
+    print(result["table"], end="")
+    d = args.sweep_dir.rstrip("/")
+    print(f"\nwrote {d}/summary.md, {d}/summary.csv, " + ", ".join(str(p) for p in result["images"]))
+    if result["best_run"] is not None:
+        print(
+            f"export the best variant's recipe:\n  bertsmith export {result['best_run']} --to recipe --out best.yaml"
+        )
+
+
+def _cmd_bench(args) -> None:
+    from bertsmith.train.tools.bench import main as bench_main
+
+    bench_main(args)
+
+
+def add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="table and plots of a sweep (mean ± std over seeds, best marked)",
+        description="Read every run of SWEEP_DIR (finished, failed or still running) and write "
+        "summary.md, summary.csv, val_loss.png and quality_vs_throughput.png there: one row "
+        "per variant (what its overrides change from the sweep's base), seeds averaged.",
+    )
+    p.add_argument("sweep_dir")
+    p.add_argument(
+        "--metric",
+        default="val_loss",
+        help="what picks the best variant: val_loss (default, lower is better), val_mlm_acc, or a "
+        "downstream score finetune:TASK/METRIC (e.g. finetune:sst2/accuracy; see bertsmith finetune)",
+    )
+    p.set_defaults(fn=_cmd_compare, reads_recipes=False)
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="speed and memory against transformers, same weights, side by side",
+        description="Time bertsmith against the transformers model with the same config and "
+        "weights (imported), in one process: fixed 512-token batches, variable lengths "
+        "(64..512; padded for transformers, packed for bertsmith), 4096-token sequences with "
+        "window 128 (ModernBERT), and an MLM training step at 30%% masking. Prints tokens/s, "
+        "their ratio, peak memory, FLOP/s as a share of a GEMM peak measured here, and the "
+        "largest output difference.",
+    )
+    p.add_argument("--family", nargs="+", default=["modernbert", "bert"], choices=["modernbert", "bert"])
+    p.add_argument("--case", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument(
+        "--size",
+        default="base",
+        choices=["tiny", "small", "base", "large"],
+        help="width and depth (default base)",
+    )
+    p.add_argument("--layers", type=int, default=None, help="override the depth (fewer layers: faster)")
+    p.add_argument("--batch-tokens", type=int, default=4096, help="real tokens per batch (default 4096)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per side, median taken (default 3)")
+    p.add_argument("--kernel", default="sdpa", help="bertsmith's attention kernel (default sdpa)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="print the results as JSON (table to stderr)")
+    p.add_argument("--out", default=None, help="also write the JSON results to this file")
+    p.set_defaults(fn=_cmd_bench)
