@@ -263,15 +263,10 @@ def unigram_loss(train_tokens: Counter, val: ValBatches, vocab: int) -> float:
     return nll / max(1, n)
 
 
-def build_data(cfg, seed: int) -> Data:
-    """Read the corpus, get the tokenizer, build train and validation batches."""
-    d, obj = cfg.data, cfg.objective
-    if d.streaming and obj.nsp:
-        raise SpecError("objective.nsp: given true, allowed: false with data.streaming=true")
-    if d.streaming and obj.masking == "static":
-        raise SpecError("objective.masking: given 'static', allowed: 'dynamic' with data.streaming=true")
+def _split(d) -> tuple[list[str], list[str]]:
+    """The corpus's training and validation documents (``corpus.is_val`` decides; streaming
+    keeps only what the tokenizer trains on, otherwise every document or ``max_docs``)."""
     val_docs, train_docs = [], []
-    # streaming keeps only what the tokenizer trains on; otherwise every document (or max_docs)
     limit = d.tokenizer_docs if d.streaming else d.max_docs
     for doc in corpus.documents(d):
         if corpus.is_val(doc, d.val_fraction):
@@ -293,54 +288,74 @@ def build_data(cfg, seed: int) -> Data:
         )
     if not val_docs:  # tiny corpora: hold out the last document rather than fail
         val_docs = [train_docs.pop()] if len(train_docs) > 1 else list(train_docs)
+    return train_docs, val_docs
+
+
+def _streamed_train(cfg, tok, sequences, train_docs: list[str], seed: int):
+    """Training batches read from the corpus as they are needed; token counts from a sample."""
+    d = cfg.data
+    train = StreamingBatches(d, tok, cfg.objective, d.seq_len, d.batch_size, seed)
+    template = PretrainBatches(Rows([], 1.0, 0), d.batch_size, d.seq_len, cfg.objective, tok, seed, False)
+    stats = {"train_docs": None, "packing_efficiency": None, "train_tokens": None}
+    counts = Counter(t for s in sequences(train_docs[:2000]) for t in s.ids)
+    return train, template, stats, counts, None
+
+
+def _packed_train(cfg, tok, sequences, train_docs: list[str], seed: int):
+    """Training batches from every document, packed into rows once (held in memory)."""
+    d, obj = cfg.data, cfg.objective
+    rows = pack(sequences(train_docs), d.seq_len)
+    if len(rows.rows) < d.batch_size:
+        raise SpecError(
+            f"data.batch_size: given {d.batch_size} rows, allowed: at most the "
+            f"{len(rows.rows)} packed rows this corpus makes at seq_len {d.seq_len}"
+        )
+    train = PretrainBatches(
+        rows,
+        d.batch_size,
+        d.seq_len,
+        obj,
+        tok,
+        seed,
+        obj.masking == "static",
+        cfg.schedule.batch_warmup_steps,
+        cfg.schedule.batch_warmup_start,
+    )
+    counts = Counter(t for row in rows.rows for s in row for t in s.ids)
+    stats = {
+        "train_docs": len(train_docs),
+        "packing_efficiency": rows.efficiency,
+        "train_tokens": rows.n_tokens,
+        "rows": len(rows.rows),
+        "steps_per_epoch": train.per_epoch,
+    }
+    return train, train, stats, counts, StepSampler()
+
+
+def build_data(cfg, seed: int) -> Data:
+    """Read the corpus, get the tokenizer, build train and validation batches."""
+    d, obj = cfg.data, cfg.objective
+    if d.streaming and obj.nsp:
+        raise SpecError("objective.nsp: given true, allowed: false with data.streaming=true")
+    if d.streaming and obj.masking == "static":
+        raise SpecError("objective.masking: given 'static', allowed: 'dynamic' with data.streaming=true")
+    train_docs, val_docs = _split(d)
     tok = get_tokenizer(
         cfg.tokenizer, corpus.fingerprint(d) + f"|{d.max_docs}", train_docs[: d.tokenizer_docs]
     )
     rng = random.Random(seed)
-    seq_len = d.seq_len
 
     def sequences(texts: list[str]) -> list[Sequence]:
         ids = tok.encode(texts)
         if obj.nsp:
-            return nsp_pairs(ids, seq_len, tok.cls_id, tok.sep_id, rng)
-        return split_documents(ids, seq_len, tok.cls_id, tok.sep_id)
+            return nsp_pairs(ids, d.seq_len, tok.cls_id, tok.sep_id, rng)
+        return split_documents(ids, d.seq_len, tok.cls_id, tok.sep_id)
 
-    val_rows = pack(sequences(val_docs), seq_len)
+    val_rows = pack(sequences(val_docs), d.seq_len)
     if not val_rows.rows:
         raise SpecError("data: given a validation split with no usable sequences, allowed: a larger corpus")
-    if d.streaming:
-        train = StreamingBatches(d, tok, obj, seq_len, d.batch_size, seed)
-        template = PretrainBatches(Rows([], 1.0, 0), d.batch_size, seq_len, obj, tok, seed, False)
-        stats = {"train_docs": None, "packing_efficiency": None, "train_tokens": None}
-        counts = Counter(t for s in sequences(train_docs[:2000]) for t in s.ids)
-        sampler = None
-    else:
-        rows = pack(sequences(train_docs), seq_len)
-        if len(rows.rows) < d.batch_size:
-            raise SpecError(
-                f"data.batch_size: given {d.batch_size} rows, allowed: at most the "
-                f"{len(rows.rows)} packed rows this corpus makes at seq_len {seq_len}"
-            )
-        train = template = PretrainBatches(
-            rows,
-            d.batch_size,
-            seq_len,
-            obj,
-            tok,
-            seed,
-            obj.masking == "static",
-            cfg.schedule.batch_warmup_steps,
-            cfg.schedule.batch_warmup_start,
-        )
-        counts = Counter(t for row in rows.rows for s in row for t in s.ids)
-        stats = {
-            "train_docs": len(train_docs),
-            "packing_efficiency": rows.efficiency,
-            "train_tokens": rows.n_tokens,
-            "rows": len(rows.rows),
-            "steps_per_epoch": train.per_epoch,
-        }
-        sampler = StepSampler()
+    make_train = _streamed_train if d.streaming else _packed_train
+    train, template, stats, counts, sampler = make_train(cfg, tok, sequences, train_docs, seed)
     val = ValBatches(template, val_rows, obj.eval_mask_ratio)
     stats.update(
         val_docs=len(val_docs),
