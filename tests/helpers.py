@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -88,3 +92,61 @@ def kill_when(proc, path: Path, timeout: float = 300) -> None:
         raise AssertionError(f"the process ended before {path.name} appeared: {(err or '')[-3000:]}")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+@dataclasses.dataclass
+class Ran:
+    """What ``bertsmith ARGS`` gave, as ``subprocess.run`` reports it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def warnings_as_a_fresh_process():
+    """Warnings filtered and printed (to ``sys.stderr``) as in a fresh ``python``: not recorded
+    by pytest nor hidden because this process showed them once already, so that a command run
+    in-process prints every line the same command would print in its own process."""
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+        warnings.showwarning = show
+        yield
+
+
+def run_main(*args) -> Ran:
+    """``bertsmith ARGS`` in this process (``bertsmith.train.cli.main``): the exit status it
+    returns (or exits with, as argparse does) and what it printed. For error cases and quick
+    commands, where a fresh process would only add seconds of start-up; an exception escaping
+    ``main`` (a traceback at the command line) fails the test as it would."""
+    from bertsmith.train.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings_as_a_fresh_process():
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return Ran(rc, out.getvalue(), err.getvalue())
+
+
+def left_padded(x: torch.Tensor, mask: torch.Tensor, fill=0) -> torch.Tensor:
+    """``x [B, L, ...]`` right-padded as ``mask [B, L]`` says, with each row's real entries
+    moved to the end (left padding, filled with ``fill``); ``left_padded(mask, mask)`` is
+    the matching mask."""
+    out = torch.full_like(x, fill)
+    L = x.shape[1]
+    for b, n in enumerate(mask.sum(1).tolist()):
+        out[b, L - n :] = x[b, :n]
+    return out
+
+
+def per_sequence_positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted from each sequence's first real token (0 at and before it)."""
+    return (mask.long().cumsum(1) - 1).clamp(min=0)

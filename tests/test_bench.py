@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bertsmith.train.tools.bench import CASES, Batch, bench, lengths_for
-from tests.helpers import bertsmith
+from tests.helpers import run_main
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +61,8 @@ def test_variable_batches_pad_for_transformers_and_pack_for_us():
 
 def test_cli_json_and_refusals(tmp_path):
     out = tmp_path / "bench.json"
-    r = bertsmith(
+    r = run_main(  # in-process, as are the refusals below
         "bench", "--family", "bert", "--case", "fixed", "--dtype", "fp32", "--size", "tiny", "--batch-tokens", "512", "--repeats", "1", "--json", "--out", str(out),
-        cache=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     printed = json.loads(r.stdout)  # the table went to stderr: stdout is JSON alone
@@ -71,7 +70,7 @@ def test_cli_json_and_refusals(tmp_path):
     assert [(x["family"], x["case"], x["dtype"]) for x in printed["rows"]] == [("bert", "fixed", "fp32")]
     assert "ours tok/s" in r.stderr
     if not torch.cuda.is_available():
-        r = bertsmith("bench", "--device", "cuda", cache=tmp_path)
+        r = run_main("bench", "--device", "cuda")
         assert r.returncode == 2 and r.stderr.strip().startswith("error: bench: given --device cuda")
         assert "Traceback" not in r.stderr
 

@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from helpers import run_main
 
 from bertsmith import (
     blocks,  # noqa: F401  (fills REGISTRY, which this module reads at import)
@@ -19,7 +20,8 @@ from bertsmith import (
 )
 from bertsmith.registry import REGISTRY
 from bertsmith.registry.spec import spec_dict
-from bertsmith.train.cli import _plain, parser
+from bertsmith.train.cli import parser
+from bertsmith.train.commands.model import _plain
 
 SCRIPT = Path(sys.executable).with_name("bertsmith")
 ENTRIES = [(e.slot, e.name) for e in REGISTRY]
@@ -58,20 +60,41 @@ INVOCATIONS = {
 }
 
 
+SUBPROCESS = {"help"}  # through the real console script; the rest in-process (same output)
+
+
 def _run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     (cwd / "odd.yaml").write_text(NOTES_RECIPE)
     argv = [a.replace("{tmp}", str(cwd)) for a in argv]
     return subprocess.run([str(SCRIPT), *argv], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+def _run_here(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The same, with ``main(argv)`` in this process (``helpers.run_main``)."""
+    (cwd / "odd.yaml").write_text(NOTES_RECIPE)
+    argv = [a.replace("{tmp}", str(cwd)) for a in argv]
+    r = run_main(*argv)
+    return subprocess.CompletedProcess(argv, r.returncode, r.stdout, r.stderr)
+
+
 @pytest.fixture(scope="module")
 def cli(tmp_path_factory):
-    """Every invocation this module needs, started up front and run in parallel."""
+    """Every invocation this module needs: the console script's started up front (in
+    parallel with the rest), the others run in this process."""
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        futures = {k: pool.submit(_run, argv, tmp_path_factory.mktemp(k)) for k, argv in INVOCATIONS.items()}
+        futures = {
+            k: pool.submit(_run, argv, tmp_path_factory.mktemp(k))
+            for k, argv in INVOCATIONS.items()
+            if k in SUBPROCESS
+        }
+        here = {
+            k: _run_here(argv, tmp_path_factory.mktemp(k))
+            for k, argv in INVOCATIONS.items()
+            if k not in SUBPROCESS
+        }
 
         def get(key: str) -> subprocess.CompletedProcess:
-            p = futures[key].result()
+            p = futures[key].result() if key in futures else here[key]
             assert "Traceback" not in p.stdout + p.stderr
             assert p.returncode == 0, p.stderr
             return p

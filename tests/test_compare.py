@@ -5,7 +5,7 @@ import json
 import statistics
 
 import pytest
-from helpers import TINY_TRAIN, bertsmith
+from helpers import TINY_TRAIN, bertsmith, run_main
 
 from bertsmith import registry
 from bertsmith.train.callbacks import read_metrics
@@ -18,7 +18,7 @@ def cli(*args, cache):
 
 
 @pytest.fixture(scope="module")
-def grid(tmp_path_factory):
+def grid(tmp_path_factory, cache):
     root = tmp_path_factory.mktemp("grid")
     sweep = root / "sweep"
     run = cli(
@@ -28,10 +28,10 @@ def grid(tmp_path_factory):
         f"hydra.sweep.dir={sweep}",
         "model/positional=rope,alibi",
         "seed=0,1",
-        cache=root / "cache",
+        cache=cache,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    return sweep, root / "cache"
+    return sweep, cache
 
 
 def test_table_rows_match_the_runs(grid):
@@ -103,7 +103,8 @@ def test_runs_of_a_variant_on_different_tokenizers_show_each(grid, tmp_path):
 def test_plots_are_real_images(grid):
     import matplotlib.image as mpimg
 
-    sweep, _ = grid
+    sweep, cache = grid
+    assert cli("compare", str(sweep), cache=cache).returncode == 0  # alone, not after another test
     for name in ("val_loss.png", "quality_vs_throughput.png"):
         img = mpimg.imread(sweep / name)
         assert img.shape[0] > 200 and img.shape[1] > 200
@@ -128,11 +129,12 @@ def test_failed_and_running_runs_are_marked_not_fatal(grid, tmp_path):
 
 
 def test_compare_bad_directory_is_one_line(tmp_path):
-    out = cli("compare", str(tmp_path / "nope"), cache=tmp_path)
+    out = run_main("compare", tmp_path / "nope")  # in-process
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "compare:" in out.stderr
 
 
-def test_parallel_launcher_and_identical_seeds(tmp_path):
+@pytest.mark.slow
+def test_parallel_launcher_and_identical_seeds(tmp_path, cache):
     """Two jobs with the same seed in parallel processes (joblib) give identical metrics."""
     sweep = tmp_path / "sweep"
     run = cli(
@@ -143,7 +145,7 @@ def test_parallel_launcher_and_identical_seeds(tmp_path):
         f"hydra.sweep.dir={sweep}",
         "trainer.checkpoint.every_n_steps=2,4",
         "seed=7",
-        cache=tmp_path / "cache",
+        cache=cache,
     )
     assert run.returncode == 0, run.stderr[-3000:]
 
@@ -154,7 +156,13 @@ def test_parallel_launcher_and_identical_seeds(tmp_path):
     assert a and a == b
 
 
-def test_optuna_sweeper_minimises_val_loss(tmp_path):
+@pytest.mark.slow
+def test_optuna_sweeper_minimises_val_loss(tmp_path, cache):
+    """Fails if the sweep maximised: each trial's job ran with direction ``minimize``, and the
+    best trial Optuna reports is the trial with the lowest val_loss (its summary.json), with
+    that trial's learning rate; the two trials' losses differ, so max and min tell apart."""
+    import yaml
+
     sweep = tmp_path / "sweep"
     run = cli(
         "train",
@@ -163,11 +171,23 @@ def test_optuna_sweeper_minimises_val_loss(tmp_path):
         "hydra.sweeper.n_trials=2",
         *TINY,
         f"hydra.sweep.dir={sweep}",
-        cache=tmp_path / "cache",
+        cache=cache,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    best = (sweep / "optimization_results.yaml").read_text()
-    assert "best_value" in best and "optim.lr" in best
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    trials = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in trials] == ["0", "1"]
+    loss, lr = {}, {}
+    for trial in trials:
+        hydra_cfg = yaml.safe_load((trial / ".hydra" / "hydra.yaml").read_text())["hydra"]
+        assert hydra_cfg["sweeper"]["direction"] == "minimize"
+        loss[trial.name] = json.loads((trial / "summary.json").read_text())["val_loss"]
+        overrides = yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text())
+        (lr[trial.name],) = (float(o.split("=", 1)[1]) for o in overrides if o.startswith("++optim.lr="))
+    lowest = min(loss, key=loss.get)
+    assert min(loss.values()) < max(loss.values()), loss
+    assert best["best_value"] == pytest.approx(loss[lowest], abs=1e-9), (best, loss)
+    assert best["best_params"]["++optim.lr"] == pytest.approx(lr[lowest], rel=1e-12), (best, lr)
 
 
 def test_rerun_of_a_finished_grid_with_resume_skips_every_run(grid):

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import max_diff, with_kernel
+from helpers import max_diff, run_main, with_kernel
 
 from bertsmith import registry
 from bertsmith.blocks.positional import log_bucket
@@ -248,12 +246,7 @@ def test_comparison_is_sensitive(imported, update):
 def test_import_hf_cli_new_head_layout(imported, tmp_path):
     c = imported("v3-mlm-new-head")
     hf = c.out_dir.parent / "hf"
-    run = subprocess.run(
-        [sys.executable, "-m", "bertsmith.train.cli", "import-hf", str(hf), "--out", str(tmp_path / "m")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_main("import-hf", hf, "--out", tmp_path / "m")  # in-process
     assert run.returncode == 0, run.stderr
     assert "head: mlm" in run.stdout
     dh, dl = c.check(registry.load(tmp_path / "m").eval())
@@ -311,12 +304,7 @@ def test_v3_base_count_equals_transformers_and_inspect():
     with torch.device("meta"):
         ref = transformers.DebertaV2Model(config)
     assert sum(p.numel() for p in ref.parameters()) == V3_PARAMS["deberta-v3-base"]
-    run = subprocess.run(
-        [sys.executable, "-m", "bertsmith.train.cli", "inspect", "deberta-v3-base", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_main("inspect", "deberta-v3-base", "--json")  # in-process
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["params"]["total"] == V3_PARAMS["deberta-v3-base"]
 
@@ -423,12 +411,7 @@ def test_flex_is_refused_by_validation(recipe):
 
 
 def test_flex_refusal_on_the_command_line():
-    run = subprocess.run(
-        [sys.executable, "-m", "bertsmith.train.cli", "validate", "deberta-tiny", "model/kernel=flex"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_main("validate", "deberta-tiny", "model/kernel=flex")  # in-process
     assert run.returncode == 2
     assert "Traceback" not in run.stderr
     assert run.stderr.startswith("error: model.kernel: given 'flex', but positional 'disentangled'")
@@ -490,19 +473,7 @@ def reference_local_disentangled(
 
 
 def test_modernbert_with_disentangled_trains_and_windows_the_bias(tmp_path):
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bertsmith.train.cli",
-            "validate",
-            "modernbert-tiny",
-            "model/positional=disentangled",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_main("validate", "modernbert-tiny", "model/positional=disentangled")  # in-process
     assert run.returncode == 0, run.stderr
     spec = registry.validate(
         "modernbert-tiny", ["model/positional=disentangled"], device="cpu", training=True
@@ -637,3 +608,71 @@ def test_emd_head_on_a_pre_norm_model_trains():
     for name, q in model.named_parameters():
         assert q.grad is not None and torch.isfinite(q.grad).all(), name
     assert model.head.positions.weight.grad.abs().sum() > 0
+
+
+# --- left padding and head counts --------------------------------------------------------
+
+# case -> whether transformers, given no position_ids, counts a left-padded sequence's
+# positions from its first real token (or gives the same result as if it did)
+LEFT_CASES = {"v3-mlm": True, "separate-keys-c2p-types": True, "absolute-positions": False}
+
+
+@pytest.mark.parametrize("heads", [2, 8])
+@pytest.mark.parametrize("case", list(LEFT_CASES))
+def test_left_padded_batch_and_other_head_counts(case, heads, tmp_path):
+    """Two more head counts (the cases above use 4), right- and left-padded.
+
+    What bertsmith does: the encoder unpads the batch, so a sequence's positions count from
+    its own first real token wherever its padding is; a left-padded batch gives, at the real
+    tokens, the outputs of the same batch right-padded (eager and sdpa).
+
+    Whether transformers agrees when given no ``position_ids``:
+    - DeBERTa-v3 (relative attention, no absolute positions): yes. Its relative positions
+      are differences of padded indices, which left padding does not change.
+    - ``position_biased_input`` (absolute learned positions, ``absolute-positions``): no. The
+      default position ids count from the padded start (measured: logits off by about 4);
+      given per-sequence ``position_ids`` it matches ours within TOL."""
+    import transformers
+    from helpers import left_padded, per_sequence_positions
+
+    cls_name, changes = CASES[case]
+    torch.manual_seed(0)
+    config = transformers.DebertaV2Config(
+        **{**BASE_CONFIG, **changes, "num_attention_heads": heads}, attn_implementation="eager"
+    )
+    ref = getattr(transformers, cls_name)(config).eval()
+    randomize_(ref, seed=heads)
+    ids, mask = padded_batch(config.vocab_size)
+    tt = (ids % 2) * mask if config.type_vocab_size else None
+    lids, lmask = left_padded(ids, mask), left_padded(mask, mask)
+    ltt = None if tt is None else left_padded(tt, mask)
+    ref.save_pretrained(tmp_path / "hf")
+    ours = import_hf(tmp_path / "hf", tmp_path / "ours").eval()
+    assert ours.spec.n_heads == heads
+
+    def reference(x, m, t, **kw):
+        with torch.no_grad():
+            out = ref(x, attention_mask=m, token_type_ids=t, output_hidden_states=True, **kw)
+        return out.hidden_states[-1], out.logits
+
+    def diff(model, x, m, t, hidden, logits) -> float:
+        with torch.no_grad():
+            out = model(x, m, token_type_ids=t)
+        return max(max_diff(out.last_hidden_state, hidden, m), max_diff(out.logits, logits, m))
+
+    right = reference(ids, mask, tt)
+    assert diff(ours, ids, mask, tt, *right) <= TOL  # this head count, right-padded
+
+    moved = tuple(left_padded(x, mask) for x in right)
+    for kernel in ("eager", "sdpa"):
+        d = diff(with_kernel(ours, kernel), lids, lmask, ltt, *moved)
+        assert d <= TOL, f"{kernel}: left-padded batch differs by {d:.3g}"
+
+    given = reference(lids, lmask, ltt, position_ids=per_sequence_positions(lmask))
+    assert diff(ours, lids, lmask, ltt, *given) <= TOL
+
+    d = diff(ours, lids, lmask, ltt, *reference(lids, lmask, ltt))
+    if LEFT_CASES[case]:
+        assert d <= TOL, f"{case}: transformers' default positions differ by {d:.3g}"
+    else:
+        assert d > 0.1, f"{case}: transformers now counts positions per sequence ({d:.3g})"

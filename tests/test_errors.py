@@ -7,12 +7,14 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import run_main
 
 from bertsmith import (
     blocks,  # noqa: F401  (fills REGISTRY, which this module reads at import)
@@ -239,9 +241,20 @@ def run_case(case: Case, root: Path) -> Result:
     for name, text in case.files:
         (rec / name).write_text(text)
     argv = [a.replace("{rec}", str(rec)) for a in case.argv]
-    cmd = [str(SCRIPT)] if case.script else [sys.executable, "-m", "bertsmith.train.cli"]
-    env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp)}
-    p = subprocess.run(cmd + argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if case.script:
+        env = {**os.environ, "HOME": str(home), "TMPDIR": str(tmp)}
+        env.pop("BERTSMITH_CACHE", None)  # the default cache is under HOME, which must stay empty
+        p = subprocess.run(
+            [str(SCRIPT), *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        )
+    else:  # in this process, with the same working directory, HOME and TMPDIR
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(cwd)
+            mp.setenv("HOME", str(home))
+            mp.setenv("TMPDIR", str(tmp))
+            mp.setattr(tempfile, "tempdir", str(tmp))
+            mp.delenv("BERTSMITH_CACHE", raising=False)
+            p = run_main(*argv)
     # torch itself may leave an empty torchinductor_<user> cache folder in TMPDIR: not ours
     left = {
         d.name: sorted(x.name for x in d.iterdir() if not x.name.startswith("torchinductor_"))
@@ -252,7 +265,8 @@ def run_case(case: Case, root: Path) -> Result:
 
 @pytest.fixture(scope="module")
 def results(request, tmp_path_factory):
-    """Run the selected cases up front, in parallel: each is a fresh process importing torch."""
+    """Run the selected cases up front: those through the console script in parallel
+    processes, meanwhile the others in this process (``helpers.run_main``)."""
     wanted = set()
     for item in request.session.items:
         spec = getattr(item, "callspec", None)
@@ -260,7 +274,11 @@ def results(request, tmp_path_factory):
             wanted.add(spec.params["case"].id)
     todo = [c for c in CASES if c.id in wanted and not SKIPS.get(c.id)]
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        futures = {c.id: pool.submit(run_case, c, tmp_path_factory.mktemp(c.id)) for c in todo}
+        futures = {c.id: pool.submit(run_case, c, tmp_path_factory.mktemp(c.id)) for c in todo if c.script}
+        for c in todo:
+            if not c.script:
+                futures[c.id] = Future()
+                futures[c.id].set_result(run_case(c, tmp_path_factory.mktemp(c.id)))
         yield futures
 
 
@@ -282,23 +300,10 @@ def test_user_error_is_one_line_per_problem(case, results):
 
 
 @pytest.mark.parametrize("seq_len", ["-5", "0"])
-def test_inspect_refuses_a_sequence_length_below_one(seq_len, tmp_path):
+def test_inspect_refuses_a_sequence_length_below_one(seq_len, tmp_path, monkeypatch):
     """FLOPs per token at no tokens mean nothing: a user error, not a traceback or a default."""
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bertsmith.train.cli",
-            "inspect",
-            "modernbert-tiny",
-            f"--seq-len={seq_len}",
-            "--json",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    monkeypatch.chdir(tmp_path)
+    p = run_main("inspect", "modernbert-tiny", f"--seq-len={seq_len}", "--json")
     assert "Traceback" not in p.stderr
     assert p.returncode == 2, p.stdout[-300:]
     assert "seq-len" in p.stderr or "seq_len" in p.stderr
@@ -445,21 +450,17 @@ def test_only_known_resolvers_are_registered():
     assert set(BaseContainer._resolvers) <= safe
 
 
-def test_env_interpolation_via_cli(tmp_path):
+def test_env_interpolation_via_cli(tmp_path, monkeypatch):
     """End to end: the spec's name is the variable's text; the command runs nothing else."""
     rec, cwd = tmp_path / "rec", tmp_path / "cwd"
     rec.mkdir()
     cwd.mkdir()
     (rec / "r.yaml").write_text(recipe_text(name="${oc.env:BERTSMITH_TEST_NAME}"))
-    env = {**os.environ, "BERTSMITH_TEST_NAME": "$(touch pwned)", "TMPDIR": str(tmp_path)}
-    p = subprocess.run(
-        [sys.executable, "-m", "bertsmith.train.cli", "validate", str(rec / "r.yaml")],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    monkeypatch.setenv("BERTSMITH_TEST_NAME", "$(touch pwned)")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.chdir(cwd)
+    p = run_main("validate", rec / "r.yaml")  # in this process
     assert (p.returncode, p.stderr) == (0, "")
     assert p.stdout == f"ok: $(touch pwned) ({rec / 'r.yaml'})\n"
     assert list(cwd.iterdir()) == []

@@ -56,11 +56,6 @@ def _quiet():
     transformers.utils.logging.enable_progress_bar()
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def _env(cache: Path) -> dict:
     return {**os.environ, "BERTSMITH_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
 

@@ -22,7 +22,7 @@ import textwrap
 
 import pytest
 import torch
-from helpers import ROOT
+from helpers import ROOT, run_main
 
 from bertsmith import registry
 from bertsmith.blocks.kernel_cuda import FlashAttn, Xformers
@@ -120,14 +120,7 @@ def test_cpu_training_is_refused_as_a_device_problem_once(kernel):
 @pytest.mark.parametrize("kernel, recipe", [("flash_attn", "modernbert-tiny"), ("xformers", "bert-tiny")])
 def test_validate_without_cuda_is_one_line_exit_2(kernel, recipe):
     extra = {"flash_attn": "flash", "xformers": "xformers"}[kernel]
-    p = subprocess.run(
-        [sys.executable, "-m", "bertsmith.train.cli", "validate", recipe, f"model/kernel={kernel}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    p = run_main("validate", recipe, f"model/kernel={kernel}")  # in-process
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert p.stdout == "" and "Traceback" not in p.stderr
     (line,) = p.stderr.splitlines()

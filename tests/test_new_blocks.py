@@ -198,7 +198,6 @@ def test_the_new_blocks_train_and_export_from_the_command_line(tmp_path, monkeyp
     `bertsmith export --to hf` (remote code, checked against bertsmith's outputs on writing)."""
     from bertsmith.train.cli import main
 
-    monkeypatch.setenv("BERTSMITH_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
     args = [
         "train",

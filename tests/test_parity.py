@@ -446,3 +446,129 @@ def test_mosaicbert_reference_is_sensitive_to_slopes():
     bad, _ = mosaic_reference(model.state_dict(), spec, ids, slopes=naive)
     assert (ours - good).abs().max() <= TOL
     assert (ours - bad).abs().max() > 1e-3
+
+
+# --- left padding and head counts --------------------------------------------------------
+
+# family -> (the MLM model with n heads, pad id, uses token types, first position id,
+#            whether transformers counts a left-padded sequence's positions from its first
+#            real token when given no position_ids)
+LEFT = {
+    "bert": (lambda heads: _bert("BertForMaskedLM", num_attention_heads=heads), 0, True, 0, False),
+    "roberta": (
+        lambda heads: _bert(
+            "RobertaForMaskedLM",
+            num_attention_heads=heads,
+            pad_token_id=1,
+            type_vocab_size=1,
+            layer_norm_eps=1e-5,
+            max_position_embeddings=64 + 2,
+        ),
+        1,
+        False,
+        2,  # padding_idx + 1
+        True,
+    ),
+    "modernbert": (
+        lambda heads: _modernbert("ModernBertForMaskedLM", num_attention_heads=heads),
+        0,
+        False,
+        0,
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("heads", [2, 8])
+@pytest.mark.parametrize("family", list(LEFT))
+def test_left_padded_batch_and_other_head_counts(family, heads, tmp_path):
+    """Two more head counts per family (the cases above use 4), right- and left-padded.
+
+    What bertsmith does: the encoder unpads the batch, so a sequence's positions count from
+    its own first real token wherever its padding is; a left-padded batch gives, at the real
+    tokens, the outputs of the same batch right-padded (every CPU kernel).
+
+    Whether transformers agrees, per family, when given no ``position_ids``:
+    - BERT: no. Its default position ids count from the padded start, so a left-padded
+      sequence gets other learned position embeddings (measured: logits off by about 2).
+      Given per-sequence ``position_ids`` it matches ours within TOL.
+    - RoBERTa: yes. It derives positions from the padding (padding_idx + 1 + the count of
+      real tokens so far).
+    - ModernBERT: yes. Its default positions count from the padded start too, but RoPE and
+      the local window depend only on distances, which left padding does not change."""
+    from helpers import left_padded, per_sequence_positions
+
+    make, pad, types, first, counts_per_sequence = LEFT[family]
+    torch.manual_seed(0)
+    ref = make(heads).eval()
+    randomize_(ref, seed=heads)
+    assert ref.config.num_attention_heads == heads
+    ids, mask = padded_batch(ref.config.vocab_size, pad)
+    tt = (ids % 2) * mask if types else None
+    lids, lmask = left_padded(ids, mask, pad), left_padded(mask, mask)
+    ltt = left_padded(tt, mask) if types else None
+    ref.save_pretrained(tmp_path / "hf")
+    ours = import_hf(tmp_path / "hf", tmp_path / "ours").eval()
+    assert ours.spec.n_heads == heads
+
+    def reference(x, m, t, **kw):
+        extra = {} if t is None else {"token_type_ids": t}
+        with torch.no_grad():
+            out = ref(input_ids=x, attention_mask=m, output_hidden_states=True, **extra, **kw)
+        return out.hidden_states[-1], out.logits
+
+    def diff(model, x, m, t, hidden, logits) -> float:
+        with torch.no_grad():
+            out = model(x, m, token_type_ids=t)
+        return max(max_diff(out.last_hidden_state, hidden, m), max_diff(out.logits, logits, m))
+
+    right = reference(ids, mask, tt)
+    assert diff(ours, ids, mask, tt, *right) <= TOL  # this head count, right-padded
+
+    # ours: left padding changes nothing at the real tokens, with every kernel
+    moved = tuple(left_padded(x, mask) for x in right)
+    for kernel in kernel_names():
+        d = diff(with_kernel(ours, kernel), lids, lmask, ltt, *moved)
+        assert d <= TOL, f"{kernel}: left-padded batch differs by {d:.3g}"
+
+    # transformers, told each sequence's positions, agrees with ours
+    given = reference(lids, lmask, ltt, position_ids=per_sequence_positions(lmask) + first)
+    assert diff(ours, lids, lmask, ltt, *given) <= TOL
+
+    # transformers with its default positions: the same, or the documented difference
+    d = diff(ours, lids, lmask, ltt, *reference(lids, lmask, ltt))
+    if counts_per_sequence:
+        assert d <= TOL, f"{family}: transformers' default positions differ by {d:.3g}"
+    else:
+        assert d > 0.1, f"{family}: transformers now counts positions per sequence ({d:.3g})"
+
+
+@pytest.mark.parametrize("n_heads", [4, 6])
+def test_mosaicbert_left_padded_matches_the_reference_per_sequence(n_heads):
+    """ALiBi depends only on distances: a left-padded batch gives, at the real tokens, the
+    independent reference's output for each sequence alone (every CPU kernel)."""
+    from helpers import left_padded
+
+    spec = registry.compose(
+        "mosaicbert-tiny",
+        [
+            f"model.d_model={8 * n_heads}",
+            f"model.n_heads={n_heads}",
+            "model.n_layers=2",
+            "model.vocab_size=89",
+        ],
+    )
+    model = registry.build(spec)
+    randomize_(model, seed=n_heads)
+    model.eval()
+    ids, mask = padded_batch(spec.vocab_size, spec.pad_token_id, lengths=[23, 16, 9, 2])
+    lids, lmask = left_padded(ids, mask, spec.pad_token_id), left_padded(mask, mask)
+    L = ids.shape[1]
+    ref_h = torch.zeros(ids.shape + (spec.d_model,), dtype=torch.float64)
+    for b, n in enumerate(mask.sum(1).tolist()):
+        ref_h[b, L - n :], _ = mosaic_reference(model.state_dict(), spec, ids[b, :n])
+    for kernel in kernel_names():
+        with torch.no_grad():
+            out = with_kernel(model, kernel)(lids, lmask)
+        dh = max_diff(out.last_hidden_state, ref_h, lmask)
+        assert dh <= TOL, (kernel, dh)

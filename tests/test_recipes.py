@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers import run_main
 
 from bertsmith import (
     blocks,  # noqa: F401  (fills REGISTRY, which this module reads at import)
@@ -151,12 +150,7 @@ def test_family_parameter_count(name):
 
 
 def test_inspect_cli_reports_the_family_count():
-    out = subprocess.run(
-        [sys.executable, "-m", "bertsmith.train.cli", "inspect", "bert-base", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = run_main("inspect", "bert-base", "--json")  # in-process
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["params"]["total"] == FAMILY_PARAMS["bert-base"]

@@ -522,6 +522,15 @@ def test_the_corpus_is_large_and_ids_are_unique():
     assert COMMAND_RUNS >= 120
 
 
+def test_readme_counts_are_the_corpus_counts():
+    """The README's "feeds N malformed recipes and overrides ... (M invocations" is this
+    file's ``len(CASES)`` and ``COMMAND_RUNS``: adding a case means updating the README."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = re.search(r"feeds (\d+) malformed recipes and overrides .*? \((\d+) invocations", readme)
+    assert said, "README no longer states the malformed-input counts"
+    assert (int(said[1]), int(said[2])) == (len(CASES), COMMAND_RUNS)
+
+
 def _argv(case: Bad, command: str, rec: Path, run_dir: Path) -> list[str]:
     recipe_arg = case.recipe.replace("{rec}", str(rec)) if case.recipe else None
     if command != "train":
@@ -734,11 +743,6 @@ def test_import_hf_never_imports_remote_code(tmp_path, canary, monkeypatch, capf
 FAULTS: list[str] = []  # every fault a test below shows the run survives, for the issue's count
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def run_train(run_dir, *overrides, cache, wait=True):
     return bertsmith(
         "train",
@@ -784,6 +788,7 @@ def diverged(tmp_path_factory, cache):
 NONFINITE_LINE = re.compile(r"error: non-finite (loss \((?:nan|inf|-inf)\)|gradient|weights) at step (\d+); ")
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(diverged):
     """A real overflow, wherever this CPU's rounding puts it: one line naming the step and
     what went non-finite, and the run directory agrees with it (the newest checkpoint worth
@@ -893,6 +898,7 @@ def test_a_diverged_run_resumes_from_its_last_good_checkpoint(stopped, tmp_path,
     assert registry.load(copy / "model") is not None
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_tokenizer_other_than_the_runs(stopped, tmp_path, cache):
     """A resumed run must train on the tokenizer it was trained with (its ``tokenizer.json``,
     by ``tokenizer_sha256``): one line, exit 2, nothing written, whether the tokenizer settings
@@ -906,7 +912,8 @@ def test_resume_refuses_a_tokenizer_other_than_the_runs(stopped, tmp_path, cache
     shutil.copytree(run_dir, copy)
     sha = file_sha256(copy / "tokenizer.json")
     other_cache = tmp_path / "cache"
-    shutil.copytree(cache, other_cache)
+    # the session's cache, shared with other tests (and xdist workers) that may be writing to it
+    shutil.copytree(cache, other_cache, ignore=shutil.ignore_patterns("*.tmp", "*.lock"))
     for f in (other_cache / "tokenizers").glob("*.json"):
         state = json.loads(f.read_text())
         vocab = state["model"]["vocab"]
@@ -1056,6 +1063,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, cache):
     """SIGKILL while ``last.ckpt`` is being rewritten (the write made slow by patching
     ``torch.save`` in the child, not by any hook in bertsmith): the old ``last.ckpt`` still
@@ -1108,6 +1116,7 @@ def test_failed_checkpoint_write_is_one_line_and_keeps_the_old_file(tmp_path, mo
     FAULTS.append("disk full during a checkpoint write")
 
 
+@pytest.mark.slow
 def test_sweep_interrupted_mid_grid_reruns_only_unfinished_jobs(tmp_path, cache):
     sweep = tmp_path / "sweep"
     args = ["-m", f"hydra.sweep.dir={sweep}", "seed=0,1,2", "trainer.max_steps=2", "trainer.val_every=2"]
@@ -1292,20 +1301,84 @@ def test_run_dir_under_a_regular_file_fails_early(tmp_path, capfd):
     FAULTS.append("run dir under a file")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere; the regular-file case covers root")
-def test_run_dir_without_write_permission_fails_early(tmp_path, capfd):
-    parent = tmp_path / "ro"
-    parent.mkdir()
-    parent.chmod(0o500)
+NOBODY = 65534  # uid and gid of ``nobody``
+
+
+def _as_nobody(fn) -> int:
+    """``fn()`` in a forked child that first drops to ``nobody`` (uid and gid 65534, no
+    supplementary groups); its return value is the child's exit status, 77 when the drop
+    was refused. A fork, not a new interpreter: ``nobody`` may not be able to run this
+    Python (here it lives under root's 0700 home) although it can run the code loaded."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        rc = 1
+        try:
+            try:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            except PermissionError:
+                rc = 77
+            else:
+                torch.set_num_threads(1)  # as DataLoader workers do: no OpenMP pool after a fork
+                rc = fn()
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_run_dir_without_write_permission_fails_early(capfd):
+    """A run dir inside a directory the user may not write fails early, writing nothing.
+
+    Root writes anywhere, so as root the check runs in a forked child that has dropped to
+    ``nobody`` (``_as_nobody``); it skips, saying why, only where root cannot drop
+    privileges. Run as any other user, it runs in-process."""
+    drop = os.geteuid() == 0
+    # not tmp_path: its parents are 0700, so nobody could not reach it
+    base = Path(tempfile.mkdtemp(prefix="bertsmith-unprivileged-"))
+    dirs = {d: base / d for d in ("ro", "home", "cache")}
     try:
-        assert _train_in_process(parent / "run") == 2
+        for d in (base, *dirs.values()):
+            d.mkdir(exist_ok=True)
+            if drop:
+                os.chown(d, NOBODY, NOBODY)
+        dirs["ro"].chmod(0o500)
+        run_dir = dirs["ro"] / "run"
+
+        def check() -> int:
+            assert os.geteuid() != 0 and not os.access(dirs["ro"], os.W_OK)
+            return _train_in_process(run_dir)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("HOME", str(dirs["home"]))
+            mp.setenv("BERTSMITH_CACHE", str(dirs["cache"]))
+            if drop:
+                from bertsmith.train.cli import main  # noqa: F401  (loaded before the fork)
+
+                rc = _as_nobody(check)
+            else:
+                rc = check()
+        if rc == 77:
+            pytest.skip("root may not drop privileges to nobody on this machine (setuid refused)")
+        out, err = capfd.readouterr()
+        assert rc == 2, err[-3000:]
+        assert out == "" and "Traceback" not in err
+        (line,) = err.splitlines()
+        assert line.startswith(f"error: hydra.run.dir: given {str(run_dir)!r}, allowed: a writable directory")
+        assert list(dirs["ro"].iterdir()) == []
     finally:
-        parent.chmod(0o700)
-    (line,) = capfd.readouterr().err.splitlines()
-    assert line.startswith(
-        f"error: hydra.run.dir: given {str(parent / 'run')!r}, allowed: a writable directory"
-    )
-    assert list(parent.iterdir()) == []
+        if dirs["ro"].exists():
+            dirs["ro"].chmod(0o700)
+        shutil.rmtree(base)
 
 
 def test_too_little_disk_fails_before_anything_is_written(tmp_path, monkeypatch, capfd):
@@ -1329,9 +1402,27 @@ def test_too_little_disk_fails_before_anything_is_written(tmp_path, monkeypatch,
     FAULTS.append("out of disk")
 
 
-def test_fault_count():
-    """Runs last in file order: every fault test above that ran appended what it survived."""
-    ran_all = len(FAULTS) >= 10
-    if not ran_all:
-        pytest.skip(f"only part of the file ran ({len(FAULTS)} faults recorded)")
+def test_fault_count(request):
+    """Runs last in file order: every fault test above that ran appended what it survived.
+
+    The fault tests are this file's tests that name ``FAULTS``. When all of them were
+    selected, the faults recorded must be exactly as many as the README claims ("survives N
+    injected faults"): a fault test skipped, or passing without reaching its ``append``,
+    fails this test. It skips only when some fault test was deselected (``-k``, a node id).
+    Needs the fault tests in its process: under pytest-xdist, conftest puts every test that
+    names ``FAULTS`` (this one too) in one group."""
+    fault_tests = {
+        name
+        for name, f in globals().items()
+        if name.startswith("test_") and callable(f) and "FAULTS" in f.__code__.co_names
+    } - {request.node.originalname}
+    selected = {
+        getattr(i, "originalname", i.name) for i in request.session.items if i.module is request.module
+    }
+    if not fault_tests <= selected:
+        pytest.skip(f"fault tests deselected: {sorted(fault_tests - selected)}")
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    claimed = re.search(r"survives (\d+) injected faults", readme)
+    assert claimed, "README no longer states the number of faults survived"
     assert len(set(FAULTS)) == len(FAULTS)
+    assert len(FAULTS) == int(claimed[1]) == len(fault_tests), (FAULTS, sorted(fault_tests))

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import TINY_TRAIN, bertsmith, kill_when
+from helpers import TINY_TRAIN, bertsmith, kill_when, run_main
 
 from bertsmith import registry
 from bertsmith.train.callbacks import read_metrics
@@ -12,15 +12,15 @@ from bertsmith.train.pretrain.tokenizer import file_sha256
 SMALL = TINY_TRAIN
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
 def train(run_dir, *overrides, cache, wait=True):
     return bertsmith(
         "train", *SMALL, f"hydra.run.dir={run_dir}", *overrides, cache=cache, wait=wait, timeout=600
     )
+
+
+def train_here(run_dir, *overrides):
+    """``train`` in this process, for the refusals (``helpers.run_main``)."""
+    return run_main("train", *SMALL, f"hydra.run.dir={run_dir}", *overrides)
 
 
 FAMILY_EXTRAS = {  # each family also exercises one trainer feature
@@ -31,7 +31,10 @@ FAMILY_EXTRAS = {  # each family also exercises one trainer feature
 }
 
 
-@pytest.mark.parametrize("pretrain", list(FAMILY_EXTRAS))
+@pytest.mark.parametrize(  # modernbert in the quick suite, the others with -m slow
+    "pretrain",
+    [pytest.param(f, marks=[] if f == "modernbert" else [pytest.mark.slow]) for f in FAMILY_EXTRAS],
+)
 def test_each_family_trains_and_writes_a_run_dir(pretrain, tmp_path, cache):
     run = train(
         tmp_path / "run",
@@ -97,6 +100,7 @@ def test_resume_after_sigkill_gives_the_same_metrics(tmp_path, cache):
     assert comparable(tmp_path / "cut" / "metrics.csv") == comparable(tmp_path / "full" / "metrics.csv")
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_with_ddp(tmp_path, cache):
     run = train(
         tmp_path / "ddp",
@@ -138,8 +142,8 @@ def test_recipe_file_as_model(tmp_path, cache):
         (["model/positional=rop"], "model/positional"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(overrides, key, tmp_path, cache):
-    run = train(tmp_path / "run", *overrides, cache=cache)
+def test_bad_input_is_one_line_and_exit_2(overrides, key, tmp_path):
+    run = train_here(tmp_path / "run", *overrides)
     assert run.returncode == 2, run.stderr[-2000:]
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), run.stderr
@@ -148,9 +152,9 @@ def test_bad_input_is_one_line_and_exit_2(overrides, key, tmp_path, cache):
 
 
 @pytest.mark.parametrize("content", [b"", b"\n\n   \n", b"text \xff\xfe here\n"])
-def test_bad_corpus_is_one_line_and_exit_2(content, tmp_path, cache):
+def test_bad_corpus_is_one_line_and_exit_2(content, tmp_path):
     (tmp_path / "corpus.txt").write_bytes(content)
-    run = train(tmp_path / "run", "data=files", f"data.path={tmp_path / 'corpus.txt'}", cache=cache)
+    run = train_here(tmp_path / "run", "data=files", f"data.path={tmp_path / 'corpus.txt'}")
     assert run.returncode == 2, run.stderr[-2000:]
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: data"), run.stderr
@@ -197,6 +201,7 @@ def test_streaming_corpus(tmp_path, cache):
     assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_multirun_puts_each_job_in_the_sweep_dir(tmp_path, cache):
     run = train(
         tmp_path / "unused",

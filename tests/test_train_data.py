@@ -169,8 +169,8 @@ def test_hf_datasets_source_offline_with_a_local_file(tmp_path):
 
 @pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
 def test_tokenizer_training_padding_and_cache(kind, tmp_path, monkeypatch):
-    monkeypatch.setenv("BERTSMITH_CACHE", str(tmp_path))
-    docs = corpus.stdlib_documents()[:400]
+    docs = corpus.stdlib_documents()[:400]  # from the session's cache (tests/conftest.py)
+    monkeypatch.setenv("BERTSMITH_CACHE", str(tmp_path))  # the tokenizer cache under test
     cfg = TokenizerConfig(kind=kind, vocab_size=1000)
     tok = get_tokenizer(cfg, "corpus-a", docs)
     assert tok.size <= 1000 and tok.padded_size % 64 == 0 and tok.padded_size >= tok.size
@@ -185,9 +185,8 @@ def test_tokenizer_training_padding_and_cache(kind, tmp_path, monkeypatch):
     assert train_tokenizer(kind, docs, 1000).size == tok.size
 
 
-def test_batches_are_a_function_of_the_step_and_pack_real_tokens(tmp_path, monkeypatch):
-    monkeypatch.setenv("BERTSMITH_CACHE", str(tmp_path))
-    cfg = TrainConfig(
+def test_batches_are_a_function_of_the_step_and_pack_real_tokens():
+    cfg = TrainConfig(  # the default corpus and tokenizer, from the session's cache
         data=DataConfig(max_docs=300, seq_len=64, batch_size=4), tokenizer=TokenizerConfig(vocab_size=512)
     )
     a, b = build_data(cfg, 0), build_data(cfg, 0)
