@@ -1336,6 +1336,15 @@ def _as_nobody(fn) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+def _package_dirs() -> list[Path]:
+    """What a run reads from disk after the fork: the recipes and the installed packages."""
+    import hydra
+
+    from bertsmith.registry.composer import RECIPES
+
+    return [Path(RECIPES), Path(hydra.__file__).parent]
+
+
 def test_run_dir_without_write_permission_fails_early(capfd):
     """A run dir inside a directory the user may not write fails early, writing nothing.
 
@@ -1356,6 +1365,8 @@ def test_run_dir_without_write_permission_fails_early(capfd):
 
         def check() -> int:
             assert os.geteuid() != 0 and not os.access(dirs["ro"], os.W_OK)
+            if not all(os.access(p, os.R_OK | os.X_OK) for p in _package_dirs()):
+                return 78  # this checkout (or its venv) lies where nobody may not read
             return _train_in_process(run_dir)
 
         with pytest.MonkeyPatch.context() as mp:
@@ -1369,6 +1380,10 @@ def test_run_dir_without_write_permission_fails_early(capfd):
                 rc = check()
         if rc == 77:
             pytest.skip("root may not drop privileges to nobody on this machine (setuid refused)")
+        if rc == 78:
+            pytest.skip(
+                f"nobody may not read this checkout or its venv ({', '.join(map(str, _package_dirs()))})"
+            )
         out, err = capfd.readouterr()
         assert rc == 2, err[-3000:]
         assert out == "" and "Traceback" not in err
