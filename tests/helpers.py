@@ -150,3 +150,19 @@ def left_padded(x: torch.Tensor, mask: torch.Tensor, fill=0) -> torch.Tensor:
 def per_sequence_positions(mask: torch.Tensor) -> torch.Tensor:
     """Position ids counted from each sequence's first real token (0 at and before it)."""
     return (mask.long().cumsum(1) - 1).clamp(min=0)
+
+
+def hf_hidden_and_logits(ref, ids, mask, types=None, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' last hidden state and logits (``token_type_ids`` only where given:
+    ModernBERT takes none)."""
+    extra = {} if types is None else {"token_type_ids": types}
+    with torch.no_grad():
+        out = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True, **extra, **kw)
+    return out.hidden_states[-1], out.logits
+
+
+def diff_from(model, ids, mask, types, hidden, logits) -> float:
+    """Our model's largest difference from ``hidden`` and ``logits`` at the real tokens."""
+    with torch.no_grad():
+        out = model(ids, mask, token_type_ids=types)
+    return max(max_diff(out.last_hidden_state, hidden, mask), max_diff(out.logits, logits, mask))

@@ -633,7 +633,7 @@ def test_left_padded_batch_and_other_head_counts(case, heads, tmp_path):
       default position ids count from the padded start (measured: logits off by about 4);
       given per-sequence ``position_ids`` it matches ours within TOL."""
     import transformers
-    from helpers import left_padded, per_sequence_positions
+    from helpers import diff_from, hf_hidden_and_logits, left_padded, per_sequence_positions
 
     cls_name, changes = CASES[case]
     torch.manual_seed(0)
@@ -651,14 +651,9 @@ def test_left_padded_batch_and_other_head_counts(case, heads, tmp_path):
     assert ours.spec.n_heads == heads
 
     def reference(x, m, t, **kw):
-        with torch.no_grad():
-            out = ref(x, attention_mask=m, token_type_ids=t, output_hidden_states=True, **kw)
-        return out.hidden_states[-1], out.logits
+        return hf_hidden_and_logits(ref, x, m, t, **kw)
 
-    def diff(model, x, m, t, hidden, logits) -> float:
-        with torch.no_grad():
-            out = model(x, m, token_type_ids=t)
-        return max(max_diff(out.last_hidden_state, hidden, m), max_diff(out.logits, logits, m))
+    diff = diff_from
 
     right = reference(ids, mask, tt)
     assert diff(ours, ids, mask, tt, *right) <= TOL  # this head count, right-padded

@@ -496,7 +496,7 @@ def test_left_padded_batch_and_other_head_counts(family, heads, tmp_path):
       real tokens so far).
     - ModernBERT: yes. Its default positions count from the padded start too, but RoPE and
       the local window depend only on distances, which left padding does not change."""
-    from helpers import left_padded, per_sequence_positions
+    from helpers import diff_from, hf_hidden_and_logits, left_padded, per_sequence_positions
 
     make, pad, types, first, counts_per_sequence = LEFT[family]
     torch.manual_seed(0)
@@ -512,15 +512,9 @@ def test_left_padded_batch_and_other_head_counts(family, heads, tmp_path):
     assert ours.spec.n_heads == heads
 
     def reference(x, m, t, **kw):
-        extra = {} if t is None else {"token_type_ids": t}
-        with torch.no_grad():
-            out = ref(input_ids=x, attention_mask=m, output_hidden_states=True, **extra, **kw)
-        return out.hidden_states[-1], out.logits
+        return hf_hidden_and_logits(ref, x, m, t, **kw)
 
-    def diff(model, x, m, t, hidden, logits) -> float:
-        with torch.no_grad():
-            out = model(x, m, token_type_ids=t)
-        return max(max_diff(out.last_hidden_state, hidden, m), max_diff(out.logits, logits, m))
+    diff = diff_from
 
     right = reference(ids, mask, tt)
     assert diff(ours, ids, mask, tt, *right) <= TOL  # this head count, right-padded
