@@ -1363,9 +1363,11 @@ def test_run_dir_without_write_permission_fails_early(capfd):
         dirs["ro"].chmod(0o500)
         run_dir = dirs["ro"] / "run"
 
+        needed = _package_dirs()  # imported here: after the fork nobody may not read them
+
         def check() -> int:
             assert os.geteuid() != 0 and not os.access(dirs["ro"], os.W_OK)
-            if not all(os.access(p, os.R_OK | os.X_OK) for p in _package_dirs()):
+            if not all(os.access(p, os.R_OK | os.X_OK) for p in needed):
                 return 78  # this checkout (or its venv) lies where nobody may not read
             return _train_in_process(run_dir)
 
@@ -1381,9 +1383,7 @@ def test_run_dir_without_write_permission_fails_early(capfd):
         if rc == 77:
             pytest.skip("root may not drop privileges to nobody on this machine (setuid refused)")
         if rc == 78:
-            pytest.skip(
-                f"nobody may not read this checkout or its venv ({', '.join(map(str, _package_dirs()))})"
-            )
+            pytest.skip(f"nobody may not read this checkout or its venv ({', '.join(map(str, needed))})")
         out, err = capfd.readouterr()
         assert rc == 2, err[-3000:]
         assert out == "" and "Traceback" not in err
