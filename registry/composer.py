@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from bertsmith.registry.core import REGISTRY, SLOT_KEYS, SLOTS
 from bertsmith.registry.errors import SpecError, choice, nearest, shown, unusual_characters
 from bertsmith.registry.spec import parse_spec
+from bertsmith.registry.yamlfile import strict_load
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -116,22 +117,6 @@ def prepare() -> None:
     register_configs()
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``safe_load`` that refuses a key given twice in one mapping (Hydra refuses it later,
-    with a traceback; plain PyYAML would silently keep the last value)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 _PACKAGE = re.compile(r"^\s*#\s*@package\b\s*(?P<package>\S*)")
 
 
@@ -139,7 +124,7 @@ def _read_yaml(path: Path, what: str) -> tuple[dict, str]:
     """(mapping, text) of a YAML file; one line for a missing, empty or broken file."""
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        data = strict_load(text)
     except UnicodeDecodeError:
         raise SpecError(f"{what}: given {str(path)!r}, allowed: a UTF-8 YAML file") from None
     except OSError as e:

@@ -18,6 +18,7 @@ from torch import nn
 
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.spec import parse_spec, spec_dict
+from bertsmith.registry.yamlfile import strict_load
 
 
 def atomic_write(path: Path, write) -> None:
@@ -68,9 +69,13 @@ def load_spec(path: str | os.PathLike):
     if not path.is_file():
         raise SpecError(f"spec: given {str(path)!r}, allowed: an existing spec.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
+        data = strict_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, RecursionError):
         raise SpecError(f"spec: given {str(path)!r}, allowed: a valid YAML spec") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        why = (getattr(e, "problem", None) or "parse error") + (f" at line {mark.line + 1}" if mark else "")
+        raise SpecError(f"spec: given {str(path)!r}, allowed: a valid YAML spec ({why})") from None
     from bertsmith.registry.ladder import check
     from bertsmith.registry.plugins import load_plugins, missing_plugin_lines
 

@@ -57,3 +57,34 @@ def test_save_leaves_no_temporary_files(tmp_path):
     registry.save(_model(), tmp_path / "m")
     registry.save(_model(), tmp_path / "m")  # overwrite in place
     assert not [p for p in (tmp_path / "m").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ("name: a\nname: b\n", "duplicate key 'name' at line 2"),
+        ("a: &a [x, x]\nb: [*a, *a]\n", "an alias (*a); write the value out at line 2"),
+    ],
+)
+def test_spec_yaml_with_a_duplicate_key_or_an_alias_is_one_line(tmp_path, text, why):
+    """SECURITY.md: a key given twice is an error (PyYAML would keep the last), and an alias is
+    refused before it is expanded (nested aliases make a "billion laughs" document)."""
+    (tmp_path / "spec.yaml").write_text(text)
+    with pytest.raises(SpecError) as e:
+        registry.load_spec(tmp_path / "spec.yaml")
+    assert e.value.lines == [
+        f"spec: given {str(tmp_path / 'spec.yaml')!r}, allowed: a valid YAML spec ({why})"
+    ]
+
+
+def test_a_billion_laughs_recipe_is_refused_at_once(tmp_path):
+    """Nine lines of nested aliases (9**9 nodes expanded) are one line, before any expansion."""
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SpecError) as e:
+        registry.validate(str(path), [])
+    assert e.value.lines == [
+        f"model: given {str(path)!r}, allowed: valid YAML (an alias (*a0); write the value out at line 2)"
+    ]
