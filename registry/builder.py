@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import torch
 from torch import nn
 
 from bertsmith.blocks.attention import SelfAttention
@@ -17,6 +18,7 @@ from bertsmith.blocks.encoder import Embeddings, Encoder, EncoderLayer, EncoderM
 from bertsmith.registry.core import REGISTRY, Entry
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.plugins import load_plugins
+from bertsmith.registry.weights import check_memory as check_free_memory
 
 # norm params that place norms in the encoder (read here), not settings of the norm module
 NORM_LAYOUT = {"embedding": True, "final": True, "skip_first": False}
@@ -104,11 +106,21 @@ def _layers(spec, dims: dict, make_norm, make_activation, kernel, positional) ->
     return layers
 
 
-def build(spec, head: str | None = None, init: bool = True) -> nn.Module:
+def build_meta(spec, head: str | None = None) -> nn.Module:
+    """The model ``spec`` describes, on the meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        return build(spec, head=head, init=False, check_memory=False)
+
+
+def build(spec, head: str | None = None, init: bool = True, check_memory: bool = True) -> nn.Module:
     """Build an ``EncoderModel`` for ``spec``; ``head`` overrides the spec's head (a registered
     head name, or ``"none"`` for the bare encoder). ``init=False`` skips the init scheme
-    (weights will be loaded)."""
+    (weights will be loaded). Off the meta device, a model larger than the memory free on the
+    device is refused before any of it is allocated (``check_memory``)."""
     load_plugins()  # plugins' blocks, before a spec naming them is built (idempotent)
+    device = torch.get_default_device()
+    if check_memory and device.type != "meta":
+        check_free_memory(build_meta(spec, head), spec.name, device)
     head_params = _head_params(spec, head)
     dims = dict(
         d_model=spec.d_model,

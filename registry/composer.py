@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from bertsmith.registry.core import REGISTRY, SLOT_KEYS, SLOTS
 from bertsmith.registry.errors import SpecError, choice, nearest, shown, unusual_characters
 from bertsmith.registry.spec import parse_spec
-from bertsmith.registry.yamlfile import strict_load
+from bertsmith.registry.yamlfile import read_yaml
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -122,20 +122,8 @@ _PACKAGE = re.compile(r"^\s*#\s*@package\b\s*(?P<package>\S*)")
 
 def _read_yaml(path: Path, what: str) -> tuple[dict, str]:
     """(mapping, text) of a YAML file; one line for a missing, empty or broken file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = strict_load(text)
-    except UnicodeDecodeError:
-        raise SpecError(f"{what}: given {str(path)!r}, allowed: a UTF-8 YAML file") from None
-    except OSError as e:
-        raise SpecError(f"{what}: given {str(path)!r}, allowed: a readable file ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        why = getattr(e, "problem", None) or "parse error"
-        raise SpecError(f"{what}: given {str(path)!r}, allowed: valid YAML ({why}{where})") from None
-    except RecursionError:  # deeply nested flow collections
-        raise SpecError(f"{what}: given {str(path)!r}, allowed: YAML nested less deeply") from None
+    data = read_yaml(path, what)
+    text = path.read_text(encoding="utf-8")
     if data is None:
         raise SpecError(f"{what}: given {str(path)!r}, allowed: a non-empty recipe (the file is empty)")
     if not isinstance(data, dict):
@@ -259,11 +247,24 @@ def file_option_name(path: Path) -> str:
     return f"_file_{re.sub(r'[^A-Za-z0-9_-]', '_', path.stem)}"
 
 
+def recipe_path(recipe: str) -> Path:
+    """The recipe file ``recipe`` names, symbolic links resolved; a loop of links is one line
+    (a missing file is ``read_recipe_file``'s)."""
+    path = Path(recipe).expanduser()
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # ELOOP: RuntimeError before Python 3.13
+        raise SpecError(
+            f"model: given {str(path.absolute())!r}, allowed: an existing recipe file "
+            "(it is a loop of symbolic links)"
+        ) from None
+
+
 @contextmanager
 def _search_dir_for(recipe: str):
     """Yield (name, extra search dir or None) so Hydra finds ``recipe`` as a ``model`` option."""
     if recipe.endswith((".yaml", ".yml")) or "/" in recipe or Path(recipe).is_file():
-        path = Path(recipe).expanduser().resolve()
+        path = recipe_path(recipe)
         read_recipe_file(path)
         tmp = Path(tempfile.mkdtemp(prefix="bertsmith-recipe-"))
         try:

@@ -14,7 +14,9 @@ class SpecError(Exception):
     """
 
     def __init__(self, lines: str | Iterable[str]):
-        self.lines = [lines] if isinstance(lines, str) else list(lines)
+        lines = [lines] if isinstance(lines, str) else list(lines)
+        # a value from a file (a key holding a newline) cannot split a problem over two lines
+        self.lines = [line.replace("\r", "\\r").replace("\n", "\\n") for line in lines]
         super().__init__("\n".join(self.lines))
 
 

@@ -8,33 +8,55 @@ safetensors and ``spec.yaml`` is validated like any recipe.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+import stat
 from pathlib import Path
 
 import yaml
-from safetensors.torch import load_model, save_model
+from safetensors.torch import save_model
 from torch import nn
 
+from bertsmith.registry import weights
 from bertsmith.registry.errors import SpecError
+from bertsmith.registry.jsonfile import regular_file
+from bertsmith.registry.outputs import atomic_write
 from bertsmith.registry.spec import parse_spec, spec_dict
-from bertsmith.registry.yamlfile import strict_load
+from bertsmith.registry.yamlfile import read_yaml
+
+# --- tokenizer files ------------------------------------------------------------------------------
+
+TOKENIZER_MAX_BYTES = 2**30  # the largest tokenizer.json read (real ones are a few MiB)
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the result onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any file
+def read_tokenizer(path: str | os.PathLike, key: str = "tokenizer.json"):
+    """``(bytes, tokenizers.Tokenizer)`` of the tokenizer file at ``path``, checked first: a
+    symbolic link is followed (and named in the error), only a regular file of at most
+    ``TOKENIZER_MAX_BYTES`` is opened (a FIFO or device cannot hang the read), and it must parse
+    as a tokenizer. Any failure is one ``SpecError`` line naming ``key`` and the file."""
+    from tokenizers import Tokenizer
+
+    p = Path(path)
+    where = repr(str(p)) + (f" (a link to {os.path.realpath(p)!r})" if p.is_symlink() else "")
     try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        regular_file(p, key, TOKENIZER_MAX_BYTES)
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)  # swapped for a FIFO since stat: no hang
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise SpecError(f"{key}: given {where}, allowed: a regular file")
+            data = f.read(TOKENIZER_MAX_BYTES + 1)
+    except OSError as e:
+        raise SpecError(
+            f"{key}: given {where}, allowed: a readable tokenizer file ({e.strerror or e})"
+        ) from None
+    except SpecError as e:  # name the link's target too
+        raise SpecError(e.lines[0].replace(repr(str(p)), where, 1)) from None
+    if len(data) > TOKENIZER_MAX_BYTES:
+        raise SpecError(f"{key}: given {where}, allowed: at most {TOKENIZER_MAX_BYTES:,} bytes")
+    try:
+        tokenizer = Tokenizer.from_str(data.decode("utf-8"))
+    except Exception as e:  # tokenizers raises plain Exception on malformed files
+        why = "not UTF-8" if isinstance(e, UnicodeDecodeError) else " ".join(str(e).split())[:100]
+        raise SpecError(f"{key}: given {where}, allowed: a valid tokenizer.json ({why})") from None
+    return data, tokenizer
 
 
 def spec_to_yaml(spec) -> str:
@@ -55,27 +77,37 @@ def spec_file_text(spec) -> str:
 def save(model: nn.Module, directory: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Path:
     """Write ``model`` (built by ``registry.builder``) to ``directory``."""
     out = Path(directory)
+    # checked (read_tokenizer: a link to an unrelated file, a FIFO, ... refused) before any write
+    tok = None if tokenizer is None else read_tokenizer(tokenizer)[0]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "spec.yaml", lambda p: p.write_text(spec_file_text(model.spec)))
     atomic_write(out / "model.safetensors", lambda p: save_model(model, str(p)))
-    if tokenizer is not None:
-        atomic_write(out / "tokenizer.json", lambda p: shutil.copyfile(tokenizer, p))
+    if tok is not None:
+        atomic_write(out / "tokenizer.json", lambda p: p.write_bytes(tok))
     return out
+
+
+def load_checked(spec, path: str | os.PathLike, given: str, rename=None) -> nn.Module:
+    """The model ``spec`` describes with the weights of the safetensors file ``path`` (names
+    passed through ``rename``). The header is checked against the spec on the meta device and
+    the model's size against free memory before anything is allocated; non-finite weights are
+    refused (``registry.weights``). Error lines start with ``given``."""
+    from safetensors.torch import load_file
+
+    from bertsmith.registry.builder import build, build_meta
+
+    rename = rename or (lambda k: k)
+    weights.check_fit({rename(k): v for k, v in weights.header(path).items()}, build_meta(spec), given)
+    model = build(spec, init=False)
+    state = {rename(k): v for k, v in load_file(str(path)).items()}
+    weights.check_finite(state.items(), given)
+    model.load_state_dict(state, strict=False)  # check_fit found every tensor (tied ones once)
+    return model
 
 
 def load_spec(path: str | os.PathLike):
     """Read and validate a ``spec.yaml`` (a tampered file is refused like a bad recipe)."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"spec: given {str(path)!r}, allowed: an existing spec.yaml")
-    try:
-        data = strict_load(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, RecursionError):
-        raise SpecError(f"spec: given {str(path)!r}, allowed: a valid YAML spec") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        why = (getattr(e, "problem", None) or "parse error") + (f" at line {mark.line + 1}" if mark else "")
-        raise SpecError(f"spec: given {str(path)!r}, allowed: a valid YAML spec ({why})") from None
+    data = read_yaml(path, "spec")
     from bertsmith.registry.ladder import check
     from bertsmith.registry.plugins import load_plugins, missing_plugin_lines
 
@@ -89,35 +121,12 @@ def load_spec(path: str | os.PathLike):
 
 
 def load(directory: str | os.PathLike) -> nn.Module:
-    """Build the model described by ``directory/spec.yaml`` and load its weights."""
-    from bertsmith.registry.builder import build
-
+    """Build the model described by ``directory/spec.yaml`` and load its weights. The weights'
+    header is checked against the spec on the meta device, and the model's size against the
+    free memory, before anything is allocated; non-finite weights are refused."""
     d = Path(directory)
     spec = load_spec(d / "spec.yaml")
-    weights = d / "model.safetensors"
-    if not weights.is_file():
+    path = d / "model.safetensors"
+    if not path.exists():
         raise SpecError(f"model: given {str(d)!r}, allowed: a model directory with model.safetensors")
-    model = build(spec, init=False)
-    _check_fit(model, weights)
-    load_model(model, str(weights), strict=True)
-    return model
-
-
-def _check_fit(model: nn.Module, weights: Path) -> None:
-    """Refuse, in one line, weights whose names or shapes differ from the spec's model."""
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    state = model.state_dict()
-    expected = {k: tuple(v.shape) for k, v in state.items()}
-    aliases: dict[int, list[str]] = {}  # tied weights are stored once, under one of their names
-    for k, v in state.items():
-        aliases.setdefault(v.data_ptr(), []).append(k)
-    bad = [k for k in shapes if k in expected and shapes[k] != expected[k]]
-    unexpected = [k for k in shapes if k not in expected]
-    missing = [k for k in expected if not any(a in shapes for a in aliases[state[k].data_ptr()])]
-    if bad or unexpected or missing:
-        what = [f"{k} is {shapes[k]}, spec wants {expected[k]}" for k in bad[:2]]
-        what += [f"unexpected {k}" for k in unexpected[:2]] + [f"missing {k}" for k in missing[:2]]
-        raise SpecError(f"model.safetensors: given weights that do not fit spec.yaml ({'; '.join(what)})")
+    return load_checked(spec, path, f"model.safetensors: given {str(path)!r}")

@@ -16,7 +16,14 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bertsmith.registry.composer import RECIPES, file_option_name, missing_slots, prepare, swappable_copy
+from bertsmith.registry.composer import (
+    RECIPES,
+    file_option_name,
+    missing_slots,
+    prepare,
+    recipe_path,
+    swappable_copy,
+)
 from bertsmith.registry.errors import SpecError, choice, nearest
 
 HELP = ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c")  # Hydra answers; nothing is run
@@ -78,7 +85,7 @@ def recipe_choice(value: str, tmp: Path) -> list[str]:
     names, search = [], False
     for one in value.split(","):
         if one.endswith((".yaml", ".yml")) or "/" in one:
-            path = Path(one).expanduser().resolve()
+            path = recipe_path(one)
             names.append(swappable_copy(path, tmp, file_option_name(path)))
             search = True
         elif one not in options("model"):

@@ -38,7 +38,9 @@ import yaml
 
 from bertsmith import registry
 from bertsmith.registry.errors import SpecError
-from bertsmith.registry.io import atomic_write, spec_file_text
+from bertsmith.registry.io import spec_file_text
+from bertsmith.registry.jsonfile import read_json
+from bertsmith.registry.outputs import atomic_write
 from bertsmith.train.callbacks import AtomicCheckpointIO, StepProgressBar
 
 
@@ -112,7 +114,7 @@ def finished(run_dir: Path, resume: bool, prog: str = "bertsmith") -> dict | Non
     done = run_dir / "summary.json"
     if resume and done.exists() and (run_dir / "model" / "model.safetensors").exists():
         print(f"{prog}: {run_dir} already finished; nothing to resume")
-        return json.loads(done.read_text())
+        return read_json(done)
     return None
 
 

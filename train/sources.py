@@ -14,12 +14,12 @@ where the caller asks (it walks the tree).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from bertsmith.registry.errors import SpecError
+from bertsmith.registry.jsonfile import read_json
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ def runs_in(d: Path) -> list[Path]:
 
 def _config_kind(d: Path) -> str:
     try:
-        model_type = json.loads((d / "config.json").read_text(encoding="utf-8")).get("model_type")
-    except (ValueError, UnicodeDecodeError, AttributeError):
+        model_type = read_json(d / "config.json").get("model_type")
+    except SpecError:  # reported by the reader of the kind it is taken for
         model_type = None
     return "remote" if model_type == "bertsmith" else "transformers"
 

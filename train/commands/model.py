@@ -86,12 +86,10 @@ def _cmd_schema(args) -> None:
         return
     from pathlib import Path
 
-    from bertsmith.registry.io import atomic_write
+    from bertsmith.registry.outputs import new_file
 
     out = Path(args.out).expanduser()
-    if out.is_dir():
-        raise SpecError(f"--out: given {str(out)!r}, allowed: a file path (it is a directory)")
-    atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
+    new_file(out, lambda p: p.write_text(text, encoding="utf-8"), "schema --out", args.force)
     print(f"wrote {out}")
 
 
@@ -154,7 +152,8 @@ def add_schema(sub) -> None:
         "editor at it, e.g. a first line '# yaml-language-server: $schema=recipe.schema.json' "
         "in a recipe (VS Code's YAML extension).",
     )
-    p.add_argument("--out", default=None, help="write to this file instead of stdout")
+    p.add_argument("--out", default=None, help="write to this file instead of stdout (a new file)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.set_defaults(fn=_cmd_schema)
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from bertsmith import registry
 from bertsmith.registry.io import spec_to_yaml
+from bertsmith.registry.yamlfile import read_yaml
 from bertsmith.train.callbacks import read_metrics
 from bertsmith.train.interop import FAMILIES, remote
 
@@ -28,7 +27,7 @@ def read_run(run_dir: Path | None) -> tuple[dict, list[dict]]:
         return {}, []
     cfg = {}
     if (run_dir / "config.yaml").is_file():
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        cfg = read_yaml(run_dir / "config.yaml", "config.yaml") or {}
     return cfg, read_metrics(run_dir / "metrics.csv")
 
 

@@ -26,11 +26,9 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import sys
 import tempfile
 import types
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,21 +37,19 @@ import torch
 from bertsmith import registry
 from bertsmith.registry.core import REGISTRY, SLOT_KEYS
 from bertsmith.registry.errors import SpecError
-from bertsmith.registry.io import atomic_write, spec_to_yaml
+from bertsmith.registry.io import read_tokenizer, spec_to_yaml
+from bertsmith.registry.outputs import check_target, new_dir, new_file
 from bertsmith.registry.spec import spec_dict
 from bertsmith.train.interop import FAMILIES, remote
 from bertsmith.train.interop.card import model_card
+from bertsmith.train.interop.family import quiet_transformers
 from bertsmith.train.interop.hf import spec_from_config
 from bertsmith.train.sources import Source, model_or_run
 
 TOLERANCE = 1e-4  # export-time self-check, relative to the output scale; tests hold 1e-5 absolute
 
 
-def _fresh_output(out: Path, is_dir: bool) -> None:
-    if is_dir and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SpecError(f"--out: given {str(out)!r}, which exists; allowed: a new or empty directory")
-    if not is_dir and out.is_dir():
-        raise SpecError(f"--out: given {str(out)!r}, a directory; allowed: a .yaml file path")
+FLAG = "export --out"  # how the refusals of an existing output name it (registry.io.check_target)
 
 
 # --- recipe ------------------------------------------------------------------------------------
@@ -81,15 +77,16 @@ def recipe_text(spec, origin: str) -> str:
     )
 
 
-def export_recipe(src: str | os.PathLike, out: str | os.PathLike):
+def export_recipe(src: str | os.PathLike, out: str | os.PathLike, force: bool = False):
     """Write the spec of ``src`` as a recipe file ``out``; returns the spec. The file is
-    composed back before it is moved into place, and must give the identical spec."""
+    composed back before it is moved into place, and must give the identical spec; an
+    existing ``out`` is replaced only with ``force``."""
+    out = Path(out).expanduser()
+    check_target(out, FLAG, force, directory=False)
+    if out.suffix not in (".yaml", ".yml"):
+        raise SpecError(f"{FLAG}: given {str(out)!r}, allowed: a path ending in .yaml")
     source = model_or_run(src)
     spec = registry.load_spec(source.spec_path)
-    out = Path(out).expanduser()
-    _fresh_output(out, is_dir=False)
-    if out.suffix not in (".yaml", ".yml"):
-        raise SpecError(f"--out: given {str(out)!r}, allowed: a path ending in .yaml")
     text = recipe_text(spec, str(source.path))
     with tempfile.TemporaryDirectory(prefix="bertsmith-export-") as tmp:
         probe = Path(tmp) / out.name
@@ -97,7 +94,7 @@ def export_recipe(src: str | os.PathLike, out: str | os.PathLike):
         again = registry.compose(str(probe))
     if again != spec:
         raise RuntimeError(f"export: the recipe composes to a different spec than {source.spec_path}")
-    atomic_write(out, lambda p: p.write_text(text, encoding="utf-8"))
+    new_file(out, lambda p: p.write_text(text, encoding="utf-8"), FLAG, force)
     return spec
 
 
@@ -315,22 +312,19 @@ def read_remote_export(directory: str | os.PathLike):
     """The bertsmith model in a remote-code export (``init_from`` accepts them). Nothing from
     the directory is executed: the spec in ``config.json`` is validated like any recipe and
     the weights come through safetensors."""
-    from safetensors.torch import load_file
+    from bertsmith.registry.io import load_checked
+    from bertsmith.registry.jsonfile import read_json
 
     d = Path(directory)
-    try:
-        data = json.loads((d / "config.json").read_text(encoding="utf-8"))["bertsmith_spec"]
-    except (OSError, ValueError, KeyError):
-        raise SpecError(f"init_from: given {str(d)!r}, allowed: a bertsmith remote-code export") from None
+    data = read_json(d / "config.json").get("bertsmith_spec")
+    if not isinstance(data, dict):
+        raise SpecError(f"init_from: given {str(d)!r}, allowed: a bertsmith remote-code export")
     spec = registry.parse_spec(data, prefix="config.json bertsmith_spec.")
     registry.check(spec, build_meta=False)
-    model = registry.build(spec, init=False)
-    state = {k.removeprefix("bertsmith."): v for k, v in load_file(str(d / "model.safetensors")).items()}
-    result = model.load_state_dict(state, strict=False)
-    tied = {"head.decoder.weight"} if getattr(spec.head, "tied", False) else set()
-    if result.unexpected_keys or set(result.missing_keys) - tied:
-        raise SpecError(f"model.safetensors in {str(d)!r}: weights do not fit bertsmith_spec ({result})")
-    return model
+    path = d / "model.safetensors"
+    return load_checked(
+        spec, path, f"model.safetensors: given {str(path)!r}", rename=lambda k: k.removeprefix("bertsmith.")
+    )
 
 
 def plan_hf(model, force_remote: bool = False, specials: dict[str, int] | None = None) -> Export:
@@ -359,14 +353,9 @@ def tokenizer_specials(model_dir: Path | None) -> tuple[dict[str, str], dict[str
     """The special tokens of ``model_dir/tokenizer.json`` as (role -> token, role -> id), or
     None without a tokenizer. Roles the vocabulary has no token for are left out."""
     path = None if model_dir is None else model_dir / "tokenizer.json"
-    if path is None or not path.is_file():
+    if path is None or not (path.exists() or path.is_symlink()):
         return None
-    from tokenizers import Tokenizer
-
-    try:
-        vocab = Tokenizer.from_file(str(path)).get_vocab()
-    except Exception as e:  # tokenizers raises plain Exception on malformed files
-        raise SpecError(f"tokenizer.json: given {str(path)!r}, allowed: a valid tokenizer ({e})") from None
+    vocab = read_tokenizer(path)[1].get_vocab()  # a regular file that parses, links followed
     tokens = {r: next((t for t in names if t in vocab), None) for r, names in SPECIAL_TOKENS.items()}
     tokens = {r: t for r, t in tokens.items() if t is not None}
     return tokens, {r: vocab[t] for r, t in tokens.items()}
@@ -408,22 +397,6 @@ def _probe(spec) -> tuple[torch.Tensor, torch.Tensor]:
     return ids.masked_fill(mask == 0, spec.pad_token_id), mask
 
 
-@contextmanager
-def _quiet_transformers():
-    """transformers' load messages and progress bars off while the export is checked."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _load_remote_module(directory: Path) -> types.ModuleType:
     """Execute the generated modeling file in-process (as transformers would import it)."""
     name = f"bertsmith_export_check_{os.getpid()}_{id(directory)}"
@@ -452,7 +425,7 @@ def check_export(directory: Path, plan: Export, model) -> dict[str, float]:
         module = _load_remote_module(directory)
         cls = getattr(module, plan.arch)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             theirs, info = cls.from_pretrained(str(directory), output_loading_info=True)
         theirs.eval()
         bad = {k: sorted(v) for k, v in info.items() if k in ("missing_keys", "unexpected_keys") and v}
@@ -504,7 +477,7 @@ def _write(directory: Path, plan: Export, model, source: Source, tokens: dict[st
     if plan.modeling is not None:
         (directory / remote.FILE).write_text(plan.modeling, encoding="utf-8")
     if tokens is not None:
-        shutil.copyfile(source.model_dir / "tokenizer.json", directory / "tokenizer.json")
+        (directory / "tokenizer.json").write_bytes(read_tokenizer(source.model_dir / "tokenizer.json")[0])
         config = tokenizer_config(model.spec, tokens)
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
     (directory / "README.md").write_text(
@@ -513,18 +486,23 @@ def _write(directory: Path, plan: Export, model, source: Source, tokens: dict[st
 
 
 def export_hf(
-    src: str | os.PathLike, out: str | os.PathLike, remote_code: bool = False, check: bool = True
+    src: str | os.PathLike,
+    out: str | os.PathLike,
+    remote_code: bool = False,
+    check: bool = True,
+    force: bool = False,
 ) -> tuple[Export, dict[str, float]]:
-    """Write ``src``'s model as a transformers directory ``out`` (see the module doc).
+    """Write ``src``'s model as a transformers directory ``out`` (see the module doc); an
+    existing non-empty ``out`` is replaced only with ``force``, once the new one is complete.
     Returns the plan and the max output differences measured when loading it back."""
+    out = Path(out).expanduser()
+    check_target(out, FLAG, force)
     source = model_or_run(src)
     if source.model_dir is None:
         raise SpecError(
             f"export: given {str(source.path)!r}, a run directory without model/ (the run has not "
             "finished); allowed: a finished run or a model directory"
         )
-    out = Path(out).expanduser()
-    _fresh_output(out, is_dir=True)
     model = registry.load(source.model_dir).eval()
     specials = tokenizer_specials(source.model_dir)
     tokens, ids = specials if specials is not None else ({}, {})
@@ -534,15 +512,7 @@ def export_hf(
             f"{model.spec.pad_token_id}; allowed: the same id"
         )
     plan = plan_hf(model, force_remote=remote_code, specials=ids)  # SpecError here writes nothing
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with new_dir(out, FLAG, force) as tmp:
         _write(tmp, plan, model, source, tokens if specials is not None else None)
         diffs = check_export(tmp, plan, model) if check else {}
-        if out.is_dir():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return plan, diffs

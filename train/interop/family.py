@@ -12,6 +12,8 @@ file plus one line there. A family says, both ways::
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from bertsmith.registry.core import REGISTRY
 from bertsmith.registry.errors import SpecError
 
@@ -199,3 +201,19 @@ class Family:
         for name, older in self.older_names:
             key = key.replace(name, older)
         return key
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' messages and progress bars off (while a config is read or an export checked)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -123,11 +123,13 @@ def precheck(overrides: list[str]) -> None:
     """Compose and validate a single run's config before Hydra starts it."""
     plain = [o for o in overrides if not o.startswith("-")]
     cfg = compose("train", plain, hydra_config=True)
+    from bertsmith.train.pretrain import corpus
     from bertsmith.train.pretrain.loop import cheap_checks, planned_run_dir
 
     run_dir = planned_run_dir(cfg)  # checked for room and permission before Hydra creates it
     spec, tcfg = parse_config(cfg, [o for o in plain if not o.startswith("hydra.")])
     cheap_checks(spec, tcfg, run_dir)
+    corpus.check_cache(tcfg)  # the tokenizer and corpus caches: writable before the run dir exists
     if tcfg.finetune:
         from bertsmith.train.finetune.app import check_chained
 

@@ -22,6 +22,7 @@ split into several sequences, never truncated (``train.packing.split_documents``
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import inspect
 import json
@@ -33,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bertsmith.registry.errors import SpecError
+from bertsmith.registry.outputs import check_writable_dir
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 _SKIP_DIRS = {
@@ -55,6 +57,28 @@ def cache_dir() -> Path:
     """``$BERTSMITH_CACHE`` or ``~/.cache/bertsmith``."""
     root = os.environ.get("BERTSMITH_CACHE") or Path.home() / ".cache" / "bertsmith"
     return Path(root)
+
+
+def needs_cache(tcfg) -> bool:
+    """Whether a pre-training job with ``tcfg`` writes to the cache: the standard library's
+    docstrings when not cached yet, and any tokenizer it trains (under a lock file there)."""
+    stdlib = tcfg.data.source == "stdlib" and not _stdlib_cache().is_file()
+    return stdlib or (tcfg.tokenizer.kind != "file" and not tcfg.init_from)
+
+
+def check_cache(tcfg) -> None:
+    """Before a run directory is created: the cache, where the job writes to it, is a
+    writable directory or can be made one (one line naming ``BERTSMITH_CACHE`` otherwise)."""
+    if needs_cache(tcfg):
+        check_writable_dir(cache_dir(), "BERTSMITH_CACHE")
+
+
+def cache_error(path: Path, e: OSError) -> SpecError:
+    """One line for a cache file that cannot be written (a cache made unwritable mid-run)."""
+    return SpecError(
+        f"BERTSMITH_CACHE: given {str(cache_dir())!r}, allowed: a writable directory "
+        f"(writing {str(path)!r}: {e.strerror or e})"
+    )
 
 
 def is_val(doc: str, val_fraction: float) -> bool:
@@ -90,9 +114,7 @@ def _docstrings(path: Path) -> Iterator[str]:
 
 def stdlib_documents() -> list[str]:
     """The standard library's docstrings (deduplicated, in file order), cached per Python."""
-    v = sys.version_info
-    where = hashlib.sha256(sysconfig.get_paths()["stdlib"].encode()).hexdigest()[:8]
-    cache = cache_dir() / f"stdlib-docstrings-{v.major}.{v.minor}.{v.micro}-{where}.json"
+    cache = _stdlib_cache()
     if cache.is_file():
         try:
             return json.loads(cache.read_text(encoding="utf-8"))
@@ -104,11 +126,22 @@ def stdlib_documents() -> list[str]:
             if doc not in seen:
                 seen.add(doc)
                 docs.append(doc)
-    cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(docs), encoding="utf-8")
-    os.replace(tmp, cache)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(docs), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise cache_error(cache, e) from None
     return docs
+
+
+def _stdlib_cache() -> Path:
+    v = sys.version_info
+    where = hashlib.sha256(sysconfig.get_paths()["stdlib"].encode()).hexdigest()[:8]
+    return cache_dir() / f"stdlib-docstrings-{v.major}.{v.minor}.{v.micro}-{where}.json"
 
 
 def _read_text(path: Path, errors: str) -> str:

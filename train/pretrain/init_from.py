@@ -12,12 +12,12 @@ Nothing from ``DIR`` is executed (transformers directories are imported, not loa
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 from bertsmith import registry
 from bertsmith.registry.errors import SpecError
+from bertsmith.registry.jsonfile import read_json
 from bertsmith.train import sources
 from bertsmith.train.pretrain.config import TokenizerConfig
 
@@ -49,7 +49,9 @@ def spec_of(tcfg):
     if source.kind == "bertsmith":
         spec = registry.load_spec(source.spec_path)
     elif source.kind == "remote":
-        data = json.loads((d / "config.json").read_text(encoding="utf-8")).get("bertsmith_spec")
+        data = read_json(d / "config.json").get("bertsmith_spec")
+        if not isinstance(data, dict):
+            raise SpecError(f"init_from: given {str(d)!r}, allowed: a bertsmith remote-code export")
         spec = registry.parse_spec(data, prefix="config.json bertsmith_spec.")
     else:
         from bertsmith.train.interop.hf import _config, spec_from_config

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from bertsmith import registry
 from bertsmith.registry.errors import SpecError
-from bertsmith.registry.io import atomic_write
+from bertsmith.registry.outputs import atomic_write
 from bertsmith.registry.spec import parse_spec, spec_dict
 from bertsmith.train import jobs
 from bertsmith.train.callbacks import MetricsCSV, read_metrics
@@ -349,6 +349,8 @@ def summarize(run_dir: Path, model_dir: Path, data: Data, train_s: float) -> dic
     }
     if "val_nsp_acc" in last_val:
         summary["val_nsp_acc"] = last_val["val_nsp_acc"]
+    val_loss = summary["val_loss"]
+    summary["learned_nothing"] = val_loss is not None and not val_loss < summary["unigram_val_loss"]
     eff = summary["packing_efficiency"]
     print(
         f"\nbertsmith: {summary['steps']} steps in {train_s / 60:.1f} min"
@@ -359,4 +361,10 @@ def summarize(run_dir: Path, model_dir: Path, data: Data, train_s: float) -> dic
         f"  run:   {run_dir}\n  model: {model_dir}\n"
         f"  tokenizer: {data.tok.size:,} tokens, sha256 {summary['tokenizer_sha256'][:12]}"
     )
+    if summary["learned_nothing"]:
+        print(
+            f"  val MLM loss {summary['val_loss']:.3f} is not below the unigram baseline "
+            f"{summary['unigram_val_loss']:.3f}: the model learned nothing beyond token frequencies; "
+            "try more trainer.max_steps or another optim.lr"
+        )
     return summary

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
+from bertsmith.registry.weights import check_checkpoint
 from bertsmith.train.pretrain.data import IGNORE
 from bertsmith.train.pretrain.optim import make_optimizer, make_scheduler
 
@@ -160,6 +161,7 @@ class PretrainModule(L.LightningModule):
         checkpoint["bertsmith_skipped"] = self.skipped
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_checkpoint(checkpoint, self, getattr(self.trainer, "ckpt_path", None) or "last.ckpt")
         state = checkpoint.get("bertsmith_rng")
         if state is not None:
             torch.set_rng_state(state["torch"])

@@ -33,6 +33,9 @@ def make_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
             betas=tuple(cfg.betas),
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
+            # optimi picks Triton whenever it is installed (torch's CUDA wheels bring it), and it
+            # fails on a machine without a GPU; None leaves the choice to optimi where CUDA runs
+            triton=None if torch.cuda.is_available() else False,
             decouple_lr=True,
         )
     return torch.optim.AdamW(

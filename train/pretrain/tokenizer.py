@@ -34,7 +34,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from bertsmith.registry.errors import SpecError
-from bertsmith.train.pretrain.corpus import cache_dir
+from bertsmith.registry.io import read_tokenizer
+from bertsmith.train.pretrain.corpus import cache_dir, cache_error
 
 SPECIALS = {
     "wordpiece": {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]"},
@@ -188,18 +189,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tok:
     p = Path(path).expanduser()
     if p.is_dir():
         p = p / "tokenizer.json"
-    if not p.is_file():
+    if not (p.exists() or p.is_symlink()):
         raise SpecError(
             f"tokenizer.path: given {str(path)!r}, allowed: a tokenizer.json or a directory holding one"
         )
-    try:
-        tk = Tokenizer.from_file(str(p))
-    except Exception as e:  # tokenizers raises plain Exception on malformed files
-        raise SpecError(
-            f"tokenizer.path: given {str(p)!r}, allowed: a valid tokenizer.json "
-            f"({' '.join(str(e).split())[:100]})"
-        ) from None
-    return _with_specials(tk)
+    # a regular file of bounded size that parses (a FIFO or a link to anything else: one line)
+    return _with_specials(read_tokenizer(p, key="tokenizer.path")[1])
 
 
 def get_tokenizer(cfg, corpus_id: str, texts: Iterable[str]) -> Tok:
@@ -210,10 +205,15 @@ def get_tokenizer(cfg, corpus_id: str, texts: Iterable[str]) -> Tok:
     if cfg.kind in TRAINING_VERSION:  # not the cached tokenizers of an older training
         key.append(TRAINING_VERSION[cfg.kind])
     cache = cache_dir() / "tokenizers" / f"{hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]}.json"
-    cache.parent.mkdir(parents=True, exist_ok=True)
     # Training is deterministic (see the module's docstring); the cache, shared by the jobs of
-    # a sweep under a lock so that parallel jobs train once, only saves the time.
-    with open(cache.with_suffix(".lock"), "w") as lock:
+    # a sweep under a lock so that parallel jobs train once, only saves the time. The run
+    # checked it is writable (corpus.check_cache); one that became unwritable is one line.
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(cache.with_suffix(".lock"), "w")  # closed by the with below
+    except OSError as e:
+        raise cache_error(cache.with_suffix(".lock"), e) from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if cache.is_file():
             try:
@@ -222,6 +222,10 @@ def get_tokenizer(cfg, corpus_id: str, texts: Iterable[str]) -> Tok:
                 pass
         tok = train_tokenizer(cfg.kind, texts, cfg.vocab_size, cfg.min_frequency, cfg.lowercase)
         tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tok.save(tmp)
-        os.replace(tmp, cache)
+        try:
+            tmp.write_text(tok.tokenizer.to_str(pretty=True), encoding="utf-8")  # as Tokenizer.save
+            os.replace(tmp, cache)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise cache_error(cache, e) from None
         return tok

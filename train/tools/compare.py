@@ -19,17 +19,17 @@ runs); runs of one variant that trained on different tokenizers show each, joine
 from __future__ import annotations
 
 import csv
-import json
 import math
 import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from bertsmith.registry.errors import SpecError, nearest
+from bertsmith.registry.jsonfile import read_json
+from bertsmith.registry.yamlfile import read_yaml
 from bertsmith.train.callbacks import read_metrics
 from bertsmith.train.pretrain.config import DataConfig
 from bertsmith.train.pretrain.tokenizer import file_sha256
@@ -77,10 +77,9 @@ def find_runs(sweep_dir: Path) -> list[Path]:
 
 def _summary(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        return read_json(path)
+    except SpecError:
         return {}  # missing, or half-written by a job still running
-    return data if isinstance(data, dict) else {}
 
 
 def _downstream(summary: dict) -> dict[str, float]:
@@ -119,19 +118,17 @@ def _costs(d: Path) -> tuple[int | None, int | None]:
         return None, None
     try:
         spec = registry.load_spec(d / "spec.yaml")
-        data = yaml.safe_load((d / "config.yaml").read_text()).get("data", {})
+        data = _yaml(d / "config.yaml").get("data", {})
         seq_len = DataConfig.model_validate(data).seq_len  # defaults fill what the file omits
         c = registry.cost(spec, seq_len)
-    except (SpecError, OSError, AttributeError, ValidationError, yaml.YAMLError):
+    except (SpecError, AttributeError, ValidationError):
         return None, None
     return c["params"]["total"], c["flops_per_token"]["encoder"]
 
 
 def load_run(d: Path) -> Run:
-    try:
-        overrides = [str(o) for o in yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) or []]
-    except (OSError, yaml.YAMLError):
-        overrides = []
+    listed = _yaml(d / ".hydra" / "overrides.yaml")
+    overrides = [str(o) for o in listed] if isinstance(listed, list) else []
     seed = next((int(o.split("=", 1)[1]) for o in overrides if _SEED.match(o)), None)
     run = Run(d, overrides, _status(d), seed)
     try:
@@ -152,11 +149,17 @@ def _tokenizer_sha256(d: Path, summary: dict) -> str | None:
     return recorded if isinstance(recorded, str) and recorded else file_sha256(d / "tokenizer.json")
 
 
-def _config_keys(d: Path) -> set[str]:
+def _yaml(path: Path):
+    """A run's YAML file (``config.yaml``, Hydra's ``overrides.yaml``), or None when it is
+    missing, half-written or not bertsmith's (read strictly: no aliases)."""
     try:
-        data = yaml.safe_load((d / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return set()
+        return read_yaml(path, path.name)
+    except SpecError:
+        return None
+
+
+def _config_keys(d: Path) -> set[str]:
+    data = _yaml(d / "config.yaml")
     return set(data) if isinstance(data, dict) else set()
 
 
