@@ -26,6 +26,9 @@ from bertsmith.train import hydra_app
 GROUPS = ("task", "optim", "schedule", "launcher")
 SECTIONS = ("task", "data", "sift", "optim", "schedule", "trainer")  # any of their keys may be set
 TOP = ("init_from", "tokenizer", "seed", "resume")
+# ``tokenizer=FILE`` would be read by Hydra as a choice of the pre-training group
+# recipes/tokenizer/ (the same search path); it reaches the config under this key instead
+TOKENIZER_KEY = "tokenizer_file"
 
 
 def prepare_overrides(args: list[str]) -> list[str]:
@@ -39,6 +42,8 @@ def prepare_overrides(args: list[str]) -> list[str]:
             out.append(known)
         elif a.startswith("sift="):  # also a sweep: sift=false,true
             out.append(f"sift.enabled={a.split('=', 1)[1]}")
+        elif a.startswith("tokenizer="):
+            out.append(f"++{TOKENIZER_KEY}={a.split('=', 1)[1]}")
         elif (m := hydra_app.CHOICE.match(a)) and m["group"] in TOP:
             out.append(a)
         elif a.startswith(("model.", "model/", "model=")):
@@ -62,6 +67,8 @@ def parse_config(cfg: DictConfig):
     except OmegaConfBaseException as e:
         raise SpecError(f"config: interpolation failed: {' '.join(str(e).split())[:200]}") from None
     data.pop("hydra", None)
+    if TOKENIZER_KEY in data:
+        data["tokenizer"] = data.pop(TOKENIZER_KEY)
     if data.get("init_from") == "???":
         data.pop("init_from")
     reject_targets(data, "")
@@ -82,7 +89,7 @@ def precheck(overrides: list[str]) -> list[str]:
     if source.kind != "sweep":
         tokenizer_path(source, fcfg.tokenizer)
     if fcfg.data.source == "files":  # local files are cheap to read twice; a Hub dataset is not
-        data.check_labels(*data.load_examples(fcfg.data), fcfg.task)
+        data.check_labels(*data.load_examples(fcfg.data), fcfg.task, fcfg.data)
     if any(o.startswith("hydra.run.dir=") for o in plain):
         return overrides
     if source.kind == "run":
@@ -129,7 +136,7 @@ def check_chained(text: str) -> None:
     fcfg, _ = chained_config(text, "the-pre-training-run")  # not resolved here
     if fcfg.data.source == "files":
         with _about_finetune():
-            data.check_labels(*data.load_examples(fcfg.data), fcfg.task)
+            data.check_labels(*data.load_examples(fcfg.data), fcfg.task, fcfg.data)
 
 
 def run_chained(text: str, run_dir: Path, resume: bool) -> dict:

@@ -93,6 +93,27 @@ class SiftConfig(_Cfg):
     weight: float = Field(1.0, gt=0)
 
 
+class FinetuneOptimConfig(OptimConfig):
+    """The pre-training optimiser settings, with ``lr`` left to the model's width by default."""
+
+    lr: float | None = Field(None, gt=0, description="None: default_lr(d_model)")
+
+
+LR_REFERENCE = (256, 5e-4)  # (d_model, peak rate) of the rule below
+LR_BOUNDS = (1e-5, 1e-3)
+
+
+def default_lr(d_model: int) -> float:
+    """The default peak fine-tuning rate for a model ``d_model`` wide: ``5e-4·(256/d_model)²``,
+    kept within [1e-5, 1e-3] — 5e-4 for the 256-wide recipes, 5.6e-5 at 768 (base) and
+    3.1e-5 at 1024 (large). An empirical fit, not a scaling law: 5e-4 is what a 100-step
+    ``modernbert-tiny`` run needs to learn a negation task (1e-4 ends at chance), and the
+    base / large values fall in the ranges BERT (Devlin et al. 2019: 2e-5 to 5e-5) and
+    ModernBERT fine-tune with; ``optim.lr=`` overrides it."""
+    d, lr = LR_REFERENCE
+    return min(LR_BOUNDS[1], max(LR_BOUNDS[0], lr * (d / d_model) ** 2))
+
+
 class FinetuneTrainerConfig(_Cfg):
     max_steps: int = Field(300, ge=1)
     val_every: int = Field(100, ge=1)
@@ -111,11 +132,18 @@ class FinetuneConfig(_Cfg):
     task: TaskConfig = Field(default_factory=TaskConfig)
     data: FinetuneDataConfig
     sift: SiftConfig = Field(default_factory=SiftConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
+    optim: FinetuneOptimConfig = Field(default_factory=FinetuneOptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     trainer: FinetuneTrainerConfig = Field(default_factory=FinetuneTrainerConfig)
     seed: int = 0
     resume: bool = False
+
+
+def with_lr(cfg: FinetuneConfig, d_model: int) -> FinetuneConfig:
+    """``cfg`` with ``optim.lr`` filled in (``default_lr``) when it was left unset."""
+    if cfg.optim.lr is not None:
+        return cfg
+    return cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": default_lr(d_model)})})
 
 
 def parse_finetune_config(data: dict) -> FinetuneConfig:

@@ -8,6 +8,15 @@ Token classification reads a list of words and a list of tags per row (a string 
 whitespace, so a CSV cell ``"New York is big"`` is four words); each word's tag goes to its
 first sub-token, the others get -100 and are not scored.
 
+Every row is checked before anything is encoded (``check_example``), in every split: text a
+string (empty allowed; for token classification a list of non-empty strings, or a string);
+a label a scalar — an integer or a name for classification, a finite number for
+regression, a list of such tags as long as the words for token classification — and not
+missing: ``None``, NaN and the strings ``""``, ``None``, ``null``, ``NaN``, ``n/a`` (any case,
+stripped) are refused. JSONL is strict JSON (no ``NaN``/``Infinity``, at most ``MAX_DEPTH``
+levels of nesting); a CSV row has as many fields as the header. An error is one line naming
+the file, the data row (and the file line) and the column.
+
 Batches are padded ``[B, L]`` with an attention mask (the encoder unpads them once), and the
 training batch at step ``s`` is a pure function of ``(seed, s)``, so ``resume=true`` replays
 the same order.
@@ -16,7 +25,7 @@ the same order.
 from __future__ import annotations
 
 import csv
-import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bertsmith.registry.errors import SpecError, nearest
+from bertsmith.registry.jsonfile import loads
 from bertsmith.train.pretrain.tokenizer import Tok
 
 IGNORE = -100
@@ -36,9 +46,56 @@ class Example:
     text: str | list[str]
     pair: str | None
     label: object  # raw label: int, float, str or a list of those (token classification)
+    origin: str = ""  # where it was read: "FILE row N (line L)", for error lines
 
 
-def _read_file(path: str, key: str) -> list[dict]:
+MAX_DEPTH = 64  # nesting of a JSONL row (objects and lists) beyond which it is refused
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:120]
+
+
+def _jsonl_rows(p: Path, path: str, key: str) -> tuple[list[dict], list[int]]:
+    """Rows of a JSONL file and the file line of each; each line is strict JSON
+    (``registry.jsonfile``: no NaN, bounded depth) and an error names its line."""
+    rows, lines = [], []
+    with p.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"data.{key}: {path} line {i}"
+            row = loads(line, where, MAX_DEPTH, one_line=True)
+            if not isinstance(row, dict):
+                raise SpecError(
+                    f"{where} holds a JSON {type(row).__name__}, allowed: one JSON object per line"
+                )
+            rows.append(row)
+            lines.append(i)
+    return rows, lines
+
+
+def _csv_rows(p: Path, path: str, key: str) -> tuple[list[dict], list[int]]:
+    """Rows of a CSV/TSV file and the file line each ends on; a row with more or fewer
+    fields than the header is refused."""
+    rows, lines = [], []
+    with p.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t" if p.suffix == ".tsv" else ",")
+        for n, row in enumerate(reader, 1):
+            if None in row or None in row.values():
+                header = len(reader.fieldnames or ())
+                given = header + len(row.get(None, ())) - sum(v is None for v in row.values())
+                raise SpecError(
+                    f"data.{key}: {path} row {n} (line {reader.line_num}) has {given} fields, "
+                    f"allowed: {header} (as many as the header)"
+                )
+            rows.append(row)
+            lines.append(reader.line_num)
+    return rows, lines
+
+
+def _read_file(path: str, key: str) -> tuple[list[dict], list[int] | None]:
+    """(rows, the file line of each row, or None for parquet) of a data file."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise SpecError(f"data.{key}: given {path!r}, allowed: an existing {', '.join(SUFFIXES)} file")
@@ -46,24 +103,22 @@ def _read_file(path: str, key: str) -> list[dict]:
         raise SpecError(f"data.{key}: given {path!r}, allowed: a {', '.join(SUFFIXES)} file")
     try:
         if p.suffix in (".csv", ".tsv"):
-            with p.open(newline="", encoding="utf-8") as f:
-                return list(csv.DictReader(f, delimiter="\t" if p.suffix == ".tsv" else ","))
+            return _csv_rows(p, path, key)
         if p.suffix == ".jsonl":
-            rows = []
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise ValueError(f"line {i} is not a JSON object")
-                    rows.append(row)
-            return rows
+            return _jsonl_rows(p, path, key)
         import pyarrow.parquet as pq
 
-        return pq.read_table(p).to_pylist()
+        return pq.read_table(p).to_pylist(), None
     except (UnicodeDecodeError, ValueError, OSError, csv.Error) as e:
         raise SpecError(
-            f"data.{key}: given {path!r}, allowed: a readable {p.suffix} file ({' '.join(str(e).split())[:120]})"
+            f"data.{key}: given {path!r}, allowed: a readable {p.suffix} file ({_one_line(e)})"
         ) from None
+    except Exception as e:  # pyarrow's own errors (ArrowInvalid is a ValueError; others are not)
+        if type(e).__module__.startswith("pyarrow"):
+            raise SpecError(
+                f"data.{key}: given {path!r}, allowed: a readable {p.suffix} file ({_one_line(e)})"
+            ) from None
+        raise
 
 
 def _read_hf(cfg, split: str, key: str) -> list[dict]:
@@ -74,7 +129,11 @@ def _read_hf(cfg, split: str, key: str) -> list[dict]:
     return [dict(r) for r in load_hf_dataset(cfg.name, split, cfg.config, key=f"data.{key}")]
 
 
-def _examples(rows: list[dict], cfg, where: str) -> list[Example]:
+_MISSING = object()
+
+
+def _examples(rows: list[dict], cfg, where: str, lines: list[int] | None = None) -> list[Example]:
+    """Examples of ``rows`` (read from ``where``), each knowing its row (and file line)."""
     if not rows:
         raise SpecError(f"data: {where} has no rows; allowed: a file or split with examples")
     columns = list(rows[0])
@@ -86,18 +145,27 @@ def _examples(rows: list[dict], cfg, where: str) -> list[Example]:
                 f"{nearest(col, columns)}"
             )
     pair = cfg.text_pair_column
-    return [Example(r[cfg.text_column], r[pair] if pair else None, r[cfg.label_column]) for r in rows]
+    out = []
+    for n, r in enumerate(rows, 1):
+        origin = f"{where} row {n}" + (f" (line {lines[n - 1]})" if lines else "")
+        for key in ("text_column", "text_pair_column", "label_column"):
+            col = getattr(cfg, key)
+            if col is not None and r.get(col, _MISSING) is _MISSING:
+                raise SpecError(f"data.{key}: {origin} has no {col!r} field; allowed: every row has it")
+        out.append(Example(r[cfg.text_column], r[pair] if pair else None, r[cfg.label_column], origin))
+    return out
+
+
+def _file_examples(path: str, key: str, cfg) -> list[Example]:
+    rows, lines = _read_file(path, key)
+    return _examples(rows, cfg, path, lines)
 
 
 def load_examples(cfg) -> tuple[list[Example], list[Example]]:
     """(train, validation) examples of ``data`` (a ``FinetuneDataConfig``)."""
     if cfg.source == "files":
-        train = _examples(_read_file(cfg.train, "train"), cfg, Path(cfg.train).name)
-        val = (
-            _examples(_read_file(cfg.validation, "validation"), cfg, Path(cfg.validation).name)
-            if cfg.validation
-            else None
-        )
+        train = _file_examples(cfg.train, "train", cfg)
+        val = _file_examples(cfg.validation, "validation", cfg) if cfg.validation else None
     else:
         train = _examples(_read_hf(cfg, cfg.train_split, "train_split"), cfg, f"{cfg.name}:{cfg.train_split}")
         val = None
@@ -176,25 +244,115 @@ def label_id(x, num_labels: int, names: list[str] | None, where: str) -> int:
 
 def _float_label(x, where: str) -> float:
     try:
-        return float(x)
+        value = float(x)
     except (TypeError, ValueError):
+        value = None
+    if isinstance(x, bool) or value is None or not math.isfinite(value):
         raise SpecError(
-            f"data.label_column: {where} has label {x!r}, allowed: a number (regression)"
+            f"data.label_column: {where} has label {x!r}, allowed: a finite number (regression)"
         ) from None
+    return value
 
 
-def check_labels(train: list[Example], val: list[Example], task) -> tuple[int, list[str] | None]:
-    """The label space, with every training and validation label checked against it."""
+# label values that mean "no label" (compared stripped and lower-cased): refused in every split
+MISSING_LABELS = frozenset({"", "none", "null", "nan", "n/a"})
+
+
+def _shown(x) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _refuse(key: str, e: Example, column: str, x, allowed: str) -> SpecError:
+    where = e.origin or "an example"
+    return SpecError(f"data.{key}: {where}, column {column!r}: given {_shown(x)}, allowed: {allowed}")
+
+
+def _missing(x) -> bool:
+    if x is None:
+        return True
+    if isinstance(x, float) and math.isnan(x):
+        return True
+    return isinstance(x, str) and x.strip().lower() in MISSING_LABELS
+
+
+def _check_label(x, kind: str) -> str | None:
+    """What is wrong with one label (a tag, for token classification), or None."""
+    if _missing(x):
+        return "a label (empty, None, null, NaN and n/a mean no label)"
+    if kind == "regression":
+        try:
+            ok = not isinstance(x, bool) and math.isfinite(float(x))
+        except (TypeError, ValueError):
+            ok = False
+        return None if ok else "a finite number (regression)"
+    if isinstance(x, float) and not x.is_integer():
+        return "an integer or a name (numbers are task=regression)"
+    if not isinstance(x, (str, int, float)):  # bool is an int
+        return "an integer or a name"
+    return None
+
+
+def check_example(e: Example, task, cfg=None) -> None:
+    """One example's types: text (and pair) a string — for token classification a list of
+    strings or a string of whitespace-separated words; the label a scalar (a list of as many
+    as the words, for token classification) that is not empty or None-like. ``SpecError``
+    naming the example's file, row and column."""
+    cols = {
+        "text_column": getattr(cfg, "text_column", "text"),
+        "text_pair_column": getattr(cfg, "text_pair_column", "text_pair"),
+        "label_column": getattr(cfg, "label_column", "label"),
+    }
+    if task.kind == "token_classification":
+        words = e.text
+        if isinstance(words, str):
+            words = words.split()
+        elif not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+            allowed = "a list of words (non-empty strings) or a string"
+            raise _refuse("text_column", e, cols["text_column"], e.text, allowed)
+        if not words:
+            raise _refuse("text_column", e, cols["text_column"], e.text, "at least one word")
+        tags = e.label.split() if isinstance(e.label, str) else e.label
+        if not isinstance(tags, list):
+            allowed = "a list of tags or a string of them"
+            raise _refuse("label_column", e, cols["label_column"], e.label, allowed)
+        if len(tags) != len(words):
+            raise _refuse(
+                "label_column",
+                e,
+                cols["label_column"],
+                e.label,
+                f"one tag per word ({len(words)} words, {len(tags)} tags)",
+            )
+        for tag in tags:
+            if (wrong := _check_label(tag, "classification")) is not None:
+                raise _refuse("label_column", e, cols["label_column"], e.label, f"tags that are each {wrong}")
+        return
+    if not isinstance(e.text, str):
+        raise _refuse("text_column", e, cols["text_column"], e.text, "a string")
+    pair_given = cfg is not None and cfg.text_pair_column is not None
+    if (pair_given or e.pair is not None) and not isinstance(e.pair, str):
+        raise _refuse("text_pair_column", e, cols["text_pair_column"], e.pair, "a string")
+    if (wrong := _check_label(e.label, task.kind)) is not None:
+        raise _refuse("label_column", e, cols["label_column"], e.label, wrong)
+
+
+def check_labels(train: list[Example], val: list[Example], task, cfg=None) -> tuple[int, list[str] | None]:
+    """Every example's types checked (``check_example``; ``cfg``, the data settings, names
+    the columns), then the label space, with every label checked against it."""
+    for e in (*train, *val):
+        check_example(e, task, cfg)
     num_labels, names = label_space(train, task)
     for examples, where in ((train, "the training data"), (val, "the validation data")):
         for e in examples:
+            at = e.origin or where
             if task.kind == "regression":
-                _float_label(e.label, where)
+                _float_label(e.label, at)
             elif task.kind == "classification":
-                label_id(e.label, num_labels, names, where)
+                label_id(e.label, num_labels, names, at)
             else:
                 for tag in _words(e.label):
-                    label_id(tag, num_labels, names, where)
+                    label_id(tag, num_labels, names, at)
     return num_labels, names
 
 

@@ -157,3 +157,27 @@ def majority_accuracy(train_labels: Sequence[int], val_labels: Sequence[int]) ->
         return 0.0
     top = max(set(train_labels), key=lambda k: (train_labels.count(k), -k))
     return accuracy([top] * len(val_labels), val_labels)
+
+
+def baseline(kind: str, train_labels: Sequence, val_labels: Sequence) -> dict:
+    """What a model that learned nothing from the text scores on the validation set, from
+    the training labels alone: the majority class (accuracy), the training mean (MSE), the
+    majority tag (token accuracy; label lists with -100 at positions not scored)."""
+    if kind == "regression":
+        mean = sum(train_labels) / max(1, len(train_labels))
+        mse = sum((mean - y) ** 2 for y in val_labels) / max(1, len(val_labels))
+        return {"name": "the training mean", "metric": "mse", "value": mse}
+    if kind == "token_classification":
+        flat_t = [t for seq in train_labels for t in seq if t != -100]
+        flat_v = [t for seq in val_labels for t in seq if t != -100]
+        value = majority_accuracy(flat_t, flat_v)
+        return {"name": "the majority tag", "metric": "token_accuracy", "value": value}
+    value = majority_accuracy(list(train_labels), list(val_labels))
+    return {"name": "the majority class", "metric": "accuracy", "value": value}
+
+
+def no_better(score: float, base: dict) -> bool:
+    """Whether ``score`` (of ``base["metric"]``) is no better than the baseline's."""
+    if base["metric"] in LOWER_IS_BETTER:
+        return score >= base["value"]
+    return score <= base["value"]

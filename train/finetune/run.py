@@ -21,7 +21,8 @@ from bertsmith.registry.spec import spec_dict
 from bertsmith.train import jobs
 from bertsmith.train.callbacks import MetricsCSV
 from bertsmith.train.finetune import data as D
-from bertsmith.train.finetune.metrics import majority_accuracy
+from bertsmith.train.finetune.config import with_lr
+from bertsmith.train.finetune.metrics import baseline, majority_accuracy, no_better
 from bertsmith.train.finetune.module import FinetuneModule, csv_columns
 from bertsmith.train.finetune.source import check_length, load_source, with_new_head
 from bertsmith.train.pretrain.data import StepSampler
@@ -86,7 +87,7 @@ def _start(cfg, source: Source, examples) -> _Start:
     loaded, tok, _ = load_source(source, cfg.tokenizer)
     check_length(loaded.spec, cfg.data.max_len)
     train_ex, val_ex = examples
-    num_labels, names = D.check_labels(train_ex, val_ex, cfg.task)
+    num_labels, names = D.check_labels(train_ex, val_ex, cfg.task, cfg.data)
     types = loaded.spec.type_vocab_size >= 2
     enc = dict(task=cfg.task, num_labels=num_labels, names=names, max_len=cfg.data.max_len, types=types)
     train_items = D.encode(train_ex, tok, where="the training data", **enc)
@@ -102,6 +103,7 @@ def finetune_one(cfg, source: Source, examples, run_dir: Path, resolved: dict, s
     started = time.time() if started is None else started
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     s = _start(cfg, source, examples)
+    cfg = with_lr(cfg, s.model.spec.d_model)  # optim.lr unset: the default for the model's width
     n_params = sum(p.numel() for p in s.model.parameters())
     if (summary := jobs.finished(run_dir, cfg.resume, "bertsmith finetune")) is not None:
         return summary
@@ -110,7 +112,7 @@ def finetune_one(cfg, source: Source, examples, run_dir: Path, resolved: dict, s
         same = "the same init_from and task"
         jobs.check_same_spec(run_dir, s.model.spec, "a model or task", same, missing_ok=False)
     resolved = {
-        **{k: v for k, v in resolved.items() if k != "hydra"},
+        **{k: v for k, v in resolved.items() if k not in ("hydra", "tokenizer_file")},
         **cfg.model_dump(mode="json"),
         "init_from": resolved.get("init_from", cfg.init_from),
         "labels": {"num_labels": s.num_labels, "names": s.names},
@@ -143,6 +145,10 @@ def finetune_one(cfg, source: Source, examples, run_dir: Path, resolved: dict, s
     if cfg.task.kind == "classification":
         gold = [x["label"] for x in s.val]
         summary["majority_accuracy"] = round(majority_accuracy([x["label"] for x in s.train], gold), 6)
+    base = baseline(cfg.task.kind, [x["label"] for x in s.train], [x["label"] for x in s.val])
+    summary["baseline"] = {**base, "value": round(base["value"], 6)}
+    summary["learned_nothing"] = no_better(module.last_val[base["metric"]], base)
+    summary["lr"] = cfg.optim.lr
     jobs.write_summary(run_dir, summary)
     _print(summary)
     return summary
@@ -187,4 +193,17 @@ def _print(s: dict) -> None:
         f"{s['n_train']:,} training / {s['n_val']:,} validation examples\n"
         f"  val {scores}{base}; val loss {s['val_loss']:.4f}\n"
         f"  run:   {s['run_dir']}\n  model: {s['model_dir']}"
+    )
+    if s.get("learned_nothing"):
+        print(learned_nothing_line(s))
+
+
+def learned_nothing_line(s: dict) -> str:
+    """The end-of-run line of a fine-tune that ended no better than its baseline."""
+    b = s["baseline"]
+    score = s["metrics"][b["metric"]]
+    return (
+        f"  {b['metric']} {score:.3f} is no better than {b['name']} ({b['value']:.3f}): the model "
+        f"learned nothing; try a higher optim.lr (e.g. {5 * s['lr']:.0e}, this run's was {s['lr']:.0e}) "
+        "or more trainer.max_steps"
     )
