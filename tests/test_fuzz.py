@@ -56,11 +56,12 @@ from helpers import run_main, warnings_as_a_fresh_process
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("BERTSMITH_FUZZ_EXAMPLES", "25"))
+DEFAULT_EXAMPLES, DEFAULT_TIMEOUT = 25, 20  # per target; seconds per example (README states both)
+EXAMPLES = int(os.environ.get("BERTSMITH_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
 SEED = os.environ.get("BERTSMITH_FUZZ_SEED")
 KEEP_GOING = os.environ.get("BERTSMITH_FUZZ_KEEP_GOING", "") not in ("", "0")
 SHRINK = os.environ.get("BERTSMITH_FUZZ_SHRINK", "") not in ("", "0")
-TIMEOUT = max(1, int(os.environ.get("BERTSMITH_FUZZ_TIMEOUT", "20")))
+TIMEOUT = max(1, int(os.environ.get("BERTSMITH_FUZZ_TIMEOUT", DEFAULT_TIMEOUT)))
 MEMORY_MARGIN = 3 << 30  # bytes of address space an example may add to what the process holds
 KEPT_PER_SIGNATURE = 3  # failing inputs written to disk per distinct failure
 
@@ -530,3 +531,18 @@ def test_fuzz_harness_catches_what_it_should(tmp_path):
     finally:
         TIMEOUT = saved
     assert bad is not None and bad[0].startswith("hang at"), bad
+
+
+def test_readme_states_the_harness_defaults():
+    """README's description of the harness (examples per target, time and memory bounds) is
+    what this file runs when no environment variable changes it."""
+    from helpers import ROOT
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = re.search(
+        r"under a (\d+) s and a (\d+) GiB address-space bound.*?a fixed sequence of (\d+) examples per target",
+        readme,
+    )
+    assert said, "README no longer describes the fuzz harness's bounds and default count"
+    stated = (int(said[1]), int(said[2]) << 30, int(said[3]))
+    assert stated == (DEFAULT_TIMEOUT, MEMORY_MARGIN, DEFAULT_EXAMPLES)
