@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from bertsmith.blocks.roles import tag_embedding
 from bertsmith.blocks.stream import Stream, repad, stream_from_cu_seqlens, unpad
@@ -120,13 +121,25 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Embeddings, layers and final norm on the token stream (the encoder body)."""
+    """Embeddings, layers and final norm on the token stream (the encoder body).
 
-    def __init__(self, embeddings: Embeddings, layers: list[EncoderLayer], final_norm: nn.Module | None):
+    ``checkpointing`` (activation checkpointing, Chen et al. 2016): in training, each layer
+    keeps only its input and recomputes its activations in the backward pass — memory per
+    layer for about a third more compute. Non-reentrant ``torch.utils.checkpoint`` replays the
+    forward's RNG state, so dropout masks and gradients are those of a plain forward."""
+
+    def __init__(
+        self,
+        embeddings: Embeddings,
+        layers: list[EncoderLayer],
+        final_norm: nn.Module | None,
+        checkpointing: bool = False,
+    ):
         super().__init__()
         self.embeddings = embeddings
         self.layers = nn.ModuleList(layers)
         self.final_norm = final_norm if final_norm is not None else nn.Identity()
+        self.checkpointing = checkpointing
 
     def forward(
         self, tokens: Tensor, stream: Stream, token_types: Tensor | None = None, keep: tuple[int, ...] = ()
@@ -140,7 +153,10 @@ class Encoder(nn.Module):
         for i, layer in enumerate(self.layers):
             if i in kept:
                 stream.cache[("layer_input", i)] = (x, pos)
-            x = layer(x, stream, pos)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, stream, pos, use_reentrant=False)
+            else:
+                x = layer(x, stream, pos)
         return self.final_norm(x)
 
 

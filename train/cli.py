@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from bertsmith.registry.errors import SpecError
-from bertsmith.train.commands import interop, model, tools
+from bertsmith.train.commands import data, interop, model, tools
 
 
 def _hydra_apps(sub) -> None:
@@ -39,6 +39,7 @@ COMMANDS = (
     tools.add_compare,
     _hydra_apps,
     tools.add_bench,
+    data.add_data,
     interop.add_import_hf,
     interop.add_export,
 )

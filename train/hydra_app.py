@@ -55,8 +55,9 @@ def options(group: str) -> list[str]:
 
 
 def check_choice(group: str, value: str) -> None:
-    """Each of ``value``'s comma-separated options (a sweep) is one of ``group``'s."""
-    for one in value.split(","):
+    """Each of ``value``'s comma-separated options (a sweep, or a list ``[a,b]`` of options
+    chosen together, e.g. ``logger=[csv,tensorboard]``) is one of ``group``'s."""
+    for one in value.replace("[", "").replace("]", "").split(","):
         if one not in options(group):
             raise SpecError(choice(group, one, options(group)))
 

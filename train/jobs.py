@@ -10,10 +10,13 @@ these in this order and add only what is theirs (data, model, module, summary fi
                                         -> the checkpoint to resume from, or None
     check_same_spec(run_dir, spec)      a resumed run trains the model it started with
     write_inputs(run_dir, ...)          spec.yaml, config.yaml, tokenizer.json (atomic)
-    make_trainer(run_dir, ...)          Lightning with the shared settings: step-based,
-                                        checkpoints/ (AtomicCheckpointIO), metrics.csv
+    make_trainer(run_dir, ..., report)  Lightning with the shared settings: step-based,
+                                        checkpoints/ (AtomicCheckpointIO), metrics.csv and
+                                        the `logger` group's loggers (Report), a progress
+                                        bar on a terminal or one plain line per log_every
     fit(trainer, ...)                   trainer.fit under PeakRSS -> seconds, peak bytes
-    usage(...), write_summary(...)      wall time and memory into summary.json (atomic)
+    usage(...), write_summary(...)      wall time, memory, model FLOP/s and MFU into
+                                        summary.json (atomic); the loggers closed
 
 A run directory, whichever job wrote it::
 
@@ -26,10 +29,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -41,7 +46,9 @@ from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import spec_file_text
 from bertsmith.registry.jsonfile import read_json
 from bertsmith.registry.outputs import atomic_write
-from bertsmith.train.callbacks import AtomicCheckpointIO, StepProgressBar
+from bertsmith.train.callbacks import AtomicCheckpointIO, MetricsCSV, StepProgressBar
+from bertsmith.train.loggers import LoggerConfig, make_loggers
+from bertsmith.train.utilisation import Utilisation, peak_flops, train_flops_per_token
 
 
 def quiet_lightning(resumable: bool = False) -> None:
@@ -173,19 +180,51 @@ def write_inputs(run_dir: Path, spec, resolved: dict, tok) -> None:
 # --- Lightning ------------------------------------------------------------------------------------
 
 
+@dataclass
+class Report:
+    """Where a job's metrics go besides metrics.csv: the ``logger`` group's loggers, with the
+    resolved configuration (the spec under ``model``) as hyper-parameters, and the
+    ``utilisation`` that turns tokens/s into model FLOP/s and MFU (None: no such figures)."""
+
+    loggers: LoggerConfig
+    hparams: dict
+    utilisation: Utilisation | None = None
+
+
+def utilisation(spec, seq_len: int, predicted: float, t) -> Utilisation:
+    """Model FLOPs per trained token of ``spec`` at ``seq_len`` (a sparse head decodes the
+    ``predicted`` fraction) and the peak to divide by (``trainer.peak_flops``, a known GPU's,
+    or a GEMM rate measured here): see ``train.utilisation``."""
+    flops = train_flops_per_token(spec, seq_len, predicted)["train"]
+    peak, source = peak_flops(getattr(t, "peak_flops", None), device(t.accelerator))
+    return Utilisation(flops, peak, source)
+
+
 def make_trainer(
     run_dir: Path,
     t,
     metrics: L.Callback,
     checkpoint: dict,
     accumulate: int = 1,
+    report: Report | None = None,
     **placement,
 ) -> L.Trainer:
     """A step-based Lightning trainer writing into ``run_dir``: ``t`` holds ``max_steps``,
     ``precision``, ``clip``, ``val_every``, ``accelerator`` and ``progress``; ``checkpoint``
     the job's own ``ModelCheckpoint`` settings (how often, how many kept); ``placement``
     ``devices`` and ``strategy`` where the job has them. Checkpoints go to ``checkpoints/``
-    through ``AtomicCheckpointIO``; ``metrics`` writes ``metrics.csv``."""
+    through ``AtomicCheckpointIO``; ``metrics`` writes ``metrics.csv`` and hands the same rows
+    to ``report``'s loggers (rank 0 only). ``t.progress``: a progress bar when stdout is a
+    terminal, else one plain line per ``t.log_every`` (a log file, a SLURM job)."""
+    bar = bool(t.progress) and sys.stdout.isatty()
+    if isinstance(metrics, MetricsCSV):
+        loggers = make_loggers(report.loggers, run_dir) if report is not None and is_rank_zero() else []
+        metrics.attach(
+            loggers,
+            report.hparams if report is not None else None,
+            report.utilisation if report is not None else None,
+            plain=bool(t.progress) and not bar,
+        )
     saver = L.pytorch.callbacks.ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="step={step}",
@@ -205,9 +244,9 @@ def make_trainer(
         use_distributed_sampler=False,
         logger=False,
         accelerator=t.accelerator,
-        callbacks=[saver, metrics, *([StepProgressBar(refresh_rate=1)] if t.progress else [])],
+        callbacks=[saver, metrics, *([StepProgressBar(refresh_rate=1)] if bar else [])],
         plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=t.progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         max_epochs=-1,
         **placement,
@@ -233,6 +272,12 @@ def usage(started: float, peak_bytes: int, cuda: bool = False) -> dict:
     return out
 
 
-def write_summary(run_dir: Path, summary: dict) -> None:
-    """``summary.json``, written last: its presence (with ``model/``) means the run is done."""
+def write_summary(run_dir: Path, summary: dict, trainer: L.Trainer | None = None) -> dict:
+    """``summary.json``, written last: its presence (with ``model/``) means the run is done.
+    With ``trainer``: its model FLOP/s and MFU added (and printed), the summary logged to its
+    loggers and the loggers closed. Returns the summary written."""
+    metrics = next((c for c in trainer.callbacks if isinstance(c, MetricsCSV)), None) if trainer else None
+    if metrics is not None:
+        summary = metrics.finish(summary, trainer.global_step)
     atomic_write(run_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2)))
+    return summary

@@ -23,8 +23,8 @@ from bertsmith.registry.composer import reject_targets
 from bertsmith.registry.errors import SpecError
 from bertsmith.train import hydra_app
 
-GROUPS = ("task", "optim", "schedule", "launcher")
-SECTIONS = ("task", "data", "sift", "optim", "schedule", "trainer")  # any of their keys may be set
+GROUPS = ("task", "optim", "schedule", "logger", "launcher")
+SECTIONS = ("task", "data", "sift", "optim", "schedule", "trainer", "logger")  # any of their keys may be set
 TOP = ("init_from", "tokenizer", "seed", "resume")
 # ``tokenizer=FILE`` would be read by Hydra as a choice of the pre-training group
 # recipes/tokenizer/ (the same search path); it reaches the config under this key instead

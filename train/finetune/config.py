@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bertsmith.registry.errors import nearest
 from bertsmith.train.finetune.metrics import METRICS
+from bertsmith.train.loggers import LoggerConfig
 from bertsmith.train.pretrain.config import OptimConfig, ScheduleConfig, validate_config
 
 
@@ -122,7 +123,7 @@ class FinetuneTrainerConfig(_Cfg):
     clip: float | None = Field(1.0, gt=0)
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     threads: int | None = Field(None, ge=1)
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal, else one plain line per log_every
     checkpoint_every: int = Field(1000, ge=1, description="steps between checkpoints (and at the end)")
 
 
@@ -135,6 +136,7 @@ class FinetuneConfig(_Cfg):
     optim: FinetuneOptimConfig = Field(default_factory=FinetuneOptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     trainer: FinetuneTrainerConfig = Field(default_factory=FinetuneTrainerConfig)
+    logger: LoggerConfig = Field(default_factory=LoggerConfig)  # train.loggers
     seed: int = 0
     resume: bool = False
 

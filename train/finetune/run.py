@@ -122,7 +122,7 @@ def finetune_one(cfg, source: Source, examples, run_dir: Path, resolved: dict, s
 
     t = cfg.trainer
     module = FinetuneModule(s.model, cfg.task, s.num_labels, s.names, cfg)
-    trainer = _trainer(run_dir, cfg)
+    trainer = _trainer(run_dir, cfg, jobs.Report(cfg.logger, resolved))
     pad = s.tok.pad_id
     dm = _Batches(
         D.StepBatches(s.train, cfg.data.batch_size, cfg.seed, pad),
@@ -149,18 +149,19 @@ def finetune_one(cfg, source: Source, examples, run_dir: Path, resolved: dict, s
     summary["baseline"] = {**base, "value": round(base["value"], 6)}
     summary["learned_nothing"] = no_better(module.last_val[base["metric"]], base)
     summary["lr"] = cfg.optim.lr
-    jobs.write_summary(run_dir, summary)
+    summary = jobs.write_summary(run_dir, summary, trainer)  # the loggers closed
     _print(summary)
     return summary
 
 
-def _trainer(run_dir: Path, cfg) -> L.Trainer:
+def _trainer(run_dir: Path, cfg, report: jobs.Report | None = None) -> L.Trainer:
     t = cfg.trainer
     columns = csv_columns(cfg.task, cfg.sift.enabled)
     metrics = MetricsCSV(run_dir / "metrics.csv", t.log_every, columns, val=_val_row)
     every = min(t.checkpoint_every, t.max_steps)
     # save_top_k=1: the newest step=N.ckpt besides last.ckpt
-    return jobs.make_trainer(run_dir, t, metrics, dict(every_n_train_steps=every, save_top_k=1), devices=1)
+    checkpoint = dict(every_n_train_steps=every, save_top_k=1)
+    return jobs.make_trainer(run_dir, t, metrics, checkpoint, report=report, devices=1)
 
 
 def _val_row(trainer, module) -> dict:

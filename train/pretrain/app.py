@@ -32,6 +32,7 @@ from bertsmith.registry.composer import (
 from bertsmith.registry.errors import SpecError
 from bertsmith.train.hydra_app import (
     CHOICE,
+    DOTTED,
     compose,
     group_override,
     hydra_main,
@@ -41,9 +42,17 @@ from bertsmith.train.hydra_app import (
     unknown_key,
 )
 
-SETTINGS = ("data", "tokenizer", "objective", "optim", "schedule", "trainer")  # typed in train.config
+SETTINGS = (
+    "data",
+    "tokenizer",
+    "objective",
+    "optim",
+    "schedule",
+    "trainer",
+    "logger",
+)  # typed in train.config
 GROUPS = ("model", *SETTINGS, "pretrain", "ablation", "sweep", "launcher")
-TOP = ("seed", "resume", "init_from", "finetune")
+TOP = ("seed", "resume", "init_from", "init_spec", "finetune")
 _FLAG_WITH_VALUE = {
     "--cfg",
     "-c",
@@ -78,11 +87,14 @@ def prepare_overrides(args: list[str], tmp: Path) -> list[str]:
     prepare()  # plugins and the slot options: what the names below are checked against
     ovs, _ = hydra_overrides(plain, others=True)
     model_overrides(plain, sweep=True)  # a slot swapped twice, or also by its kind: one line
+    init = any(a.startswith("init_from=") and a != "init_from=null" for a in plain)
     out = []
     for ov in ovs:
         if (m := CHOICE.match(ov)) and m["group"] == "model":
             out += recipe_choice(m["value"], tmp)
-        elif (known := group_override(ov, GROUPS, SETTINGS)) is not None:
+        elif init and (m := DOTTED.match(ov.lstrip("+"))) and m["group"] == "model":
+            out.append(f"++init_spec.{m['rest']}={m['value']}")  # a change to init_from's spec
+        elif (known := group_override(ov, GROUPS, (*SETTINGS, "init_spec"))) is not None:
             out.append(known)
         elif (m := CHOICE.match(ov)) and m["group"] not in TOP:
             raise unknown_key(m["group"], [*GROUPS, *TOP])
@@ -114,7 +126,8 @@ def parse_config(cfg: DictConfig, task_overrides: list[str]):
     if tcfg.init_from and any(re.match(r"^\+{0,2}model[./=]", o) for o in task_overrides):
         raise SpecError(
             f"init_from: given {tcfg.init_from!r} together with model overrides, allowed: "
-            "init_from alone (its spec decides the architecture) or model overrides alone"
+            "init_from alone (its spec decides the architecture), model.KEY=VALUE on the command "
+            "line next to init_from=... (a change to its spec: init_spec), or model overrides alone"
         )
     return spec, tcfg
 

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bertsmith.registry.errors import SpecError, nearest, shown
+from bertsmith.train.loggers import LoggerConfig
 
 
 class _Cfg(BaseModel):
@@ -20,7 +21,7 @@ class _Cfg(BaseModel):
 class DataConfig(_Cfg):
     """Where text comes from and how it becomes batches (see ``train.pretrain.corpus``)."""
 
-    source: Literal["stdlib", "files", "hf"] = "stdlib"
+    source: Literal["stdlib", "files", "hf", "shards"] = "stdlib"  # shards: `bertsmith data prepare`
     path: str | None = None
     name: str | None = None
     split: str = "train"
@@ -107,9 +108,16 @@ class TrainerConfig(_Cfg):
     compile: bool = False
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = Field(1, ge=1)
-    strategy: Literal["auto", "ddp", "ddp_spawn"] = "auto"
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"  # fsdp: per-layer sharding
+    num_nodes: int = Field(1, ge=1, description="machines; devices per machine is trainer.devices")
+    activation_checkpointing: bool = False  # recompute each layer's activations in the backward pass
     threads: int | None = Field(None, ge=1)
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal, else one plain line per log_every
+    peak_flops: float | None = Field(
+        None,
+        gt=0,
+        description="the device's peak FLOP/s for MFU; None: a known GPU's, or a measured GEMM rate",
+    )
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     skip_nonfinite: int = Field(
         0,
@@ -129,7 +137,18 @@ class TrainConfig(_Cfg):
     seed: int = 0
     resume: bool = False
     init_from: str | None = None  # a model directory to start from (train.pretrain.init_from)
+    init_spec: dict = Field(default_factory=dict)  # changes to init_from's spec (same weight shapes)
     finetune: str | None = None  # `bertsmith finetune` overrides run on the final model
+    logger: LoggerConfig = Field(default_factory=LoggerConfig)  # train.loggers
+
+    @model_validator(mode="after")
+    def _init_spec(self):
+        if self.init_spec and not self.init_from:
+            raise ValueError(
+                "init_from: given None, allowed: the model directory whose spec init_spec changes "
+                "(the previous phase's run)"
+            )
+        return self
 
 
 GROUPS = {

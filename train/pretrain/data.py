@@ -103,6 +103,7 @@ class PretrainBatches(Dataset):
         self.objective, self.tok, self.seed = objective, tok, seed
         self.per_epoch = max(1, len(rows.rows) // rows_per_batch)
         self.warmup_steps, self.warmup_start = batch_warmup_steps, batch_warmup_start
+        self._perm: tuple[int, torch.Tensor] | None = None  # (epoch, its row permutation), kept
         self.static = None
         if static_masks:  # BERT: one mask per row, drawn once
             self.static = [
@@ -112,8 +113,9 @@ class PretrainBatches(Dataset):
 
     def rows_at(self, step: int) -> list[int]:
         epoch, pos = divmod(step, self.per_epoch)
-        perm = torch.randperm(len(self.rows.rows), generator=_generator(self.seed, epoch)).tolist()
-        chosen = perm[pos * self.per_batch : (pos + 1) * self.per_batch]
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, torch.randperm(len(self.rows.rows), generator=_generator(self.seed, epoch)))
+        chosen = self._perm[1][pos * self.per_batch : (pos + 1) * self.per_batch].tolist()
         if self.warmup_steps and step < self.warmup_steps:  # batch-size warmup: a prefix
             frac = self.warmup_start + (1 - self.warmup_start) * step / self.warmup_steps
             chosen = chosen[: max(1, math.ceil(frac * len(chosen)))]

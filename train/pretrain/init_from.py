@@ -8,6 +8,11 @@ its weights replace the initialisation. Its ``tokenizer.json``, when there is on
 vocabulary (at most ``vocab_size`` tokens, the same pad id). A model without a head gets a
 freshly initialised one for the objective (``mlm``, or ``nsp`` with ``objective.nsp``).
 Nothing from ``DIR`` is executed (transformers directories are imported, not loaded).
+
+``init_spec`` changes the spec it loads where the weights keep their shapes — the next phase
+of a run: ``max_seq_len`` and RoPE's ``theta`` for context extension (``pretrain=modernbert-
+extend``), dropouts, the kernel. A change that would reshape a weight (learned positions with
+a new ``max_seq_len``, another ``d_model``) is refused in one line before anything is written.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bertsmith import registry
+from bertsmith.registry.builder import build_meta
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.jsonfile import read_json
 from bertsmith.train import sources
@@ -42,6 +48,35 @@ def _with_head(spec, tcfg):
     return spec
 
 
+def _merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def _shapes(spec) -> dict:
+    return {k: tuple(v.shape) for k, v in build_meta(spec).state_dict().items()}
+
+
+def changed(spec, changes: dict):
+    """``spec`` with ``init_spec``'s ``changes`` merged in; refused when a weight would change
+    shape (the loaded weights would not fit)."""
+    if not changes:
+        return spec
+    from bertsmith.registry.spec import spec_dict
+
+    new = registry.parse_spec(_merged(spec_dict(spec), changes), prefix="init_spec.")
+    old_shapes, new_shapes = _shapes(spec), _shapes(new)
+    for key in sorted(old_shapes.keys() | new_shapes.keys()):
+        if old_shapes.get(key) != new_shapes.get(key):
+            raise SpecError(
+                f"init_spec: given {changes}, allowed: changes that keep every weight's shape "
+                f"({key}: {old_shapes.get(key)} -> {new_shapes.get(key)})"
+            )
+    return new
+
+
 def spec_of(tcfg):
     """The spec a run with ``init_from`` trains (cheap: reads the spec or config only)."""
     source = sources.model_source(tcfg.init_from)
@@ -57,7 +92,7 @@ def spec_of(tcfg):
         from bertsmith.train.interop.hf import _config, spec_from_config
 
         spec = spec_from_config(*_config(d), name=d.name or "imported")
-    return _with_head(spec, tcfg)
+    return _with_head(changed(spec, tcfg.init_spec), tcfg)
 
 
 def read(source: sources.Source):
@@ -81,14 +116,17 @@ def load(tcfg):
     source = sources.model_source(tcfg.init_from)
     d = source.path
     loaded = read(source)
-    spec = _with_head(loaded.spec, tcfg)
+    spec = _with_head(changed(loaded.spec, tcfg.init_spec), tcfg)
     model = loaded
-    if spec.head != loaded.spec.head:  # a new head: initialise everything, then load the encoder
+    if spec != loaded.spec:  # a new head or init_spec: build the new spec, then load the weights
         model = registry.build(spec)
         result = model.load_state_dict(loaded.state_dict(), strict=False)
         if result.unexpected_keys or any(not k.startswith("head.") for k in result.missing_keys):
             raise SpecError(f"init_from: {str(d)!r} does not fit its own spec with a new head ({result})")
-        print(f"bertsmith: {d} has no head; starting a new {spec.head.kind} head")
+        if spec.head != loaded.spec.head:
+            print(f"bertsmith: {d} has no head; starting a new {spec.head.kind} head")
+        if tcfg.init_spec:
+            print(f"bertsmith: {d}'s spec changed by init_spec {tcfg.init_spec}; its weights loaded")
     if (d / "tokenizer.json").is_file():
         tcfg = tcfg.model_copy(
             update={"tokenizer": TokenizerConfig(kind="file", path=str(d / "tokenizer.json"))}

@@ -19,9 +19,16 @@ from bertsmith.registry.outputs import atomic_write
 from bertsmith.registry.spec import parse_spec, spec_dict
 from bertsmith.train import jobs
 from bertsmith.train.callbacks import MetricsCSV, read_metrics
-from bertsmith.train.pretrain import corpus, init_from
+from bertsmith.train.pretrain import corpus, init_from, shards
 from bertsmith.train.pretrain.data import Data, StreamingBatches, build_data
-from bertsmith.train.pretrain.module import NonFiniteError, PretrainModule, all_finite
+from bertsmith.train.pretrain.module import (
+    NonFiniteError,
+    PretrainModule,
+    all_finite,
+    final_model,
+    runnable,
+    strategy,
+)
 from bertsmith.train.pretrain.tokenizer import Tok, file_sha256, load_tokenizer
 
 
@@ -153,6 +160,8 @@ def cheap_checks(spec, tcfg, run_dir: Path | None = None) -> None:
         raise SpecError(
             f"model.type_vocab_size: given {spec.type_vocab_size}, allowed: at least 2 for NSP segments"
         )
+    if tcfg.data.source == "shards":  # the manifest, the shard files, tokenizer and seq_len
+        shards.check(tcfg)
     if tcfg.data.source == "files":
         corpus.file_paths(tcfg.data.path)
     if tcfg.tokenizer.kind == "file":
@@ -203,21 +212,20 @@ def train(spec, tcfg, run_dir: Path, resolved: dict, started: float | None = Non
         jobs.write_inputs(run_dir, spec, resolved, data.tok)
 
     t = tcfg.trainer
-    module = PretrainModule(model, tcfg.optim, tcfg.schedule, t.max_steps, t.skip_nonfinite)
-    if t.compile:
-        module.model = torch.compile(module.model, dynamic=True)
-    trainer = _trainer(run_dir, t)
+    module = PretrainModule(runnable(model, t), tcfg.optim, tcfg.schedule, t.max_steps, t.skip_nonfinite)
+    use = jobs.utilisation(spec, tcfg.data.seq_len, tcfg.objective.mask_ratio, t)  # MFU: train.utilisation
+    trainer = _trainer(run_dir, t, jobs.Report(tcfg.logger, resolved, use))
     dm = PretrainDataModule(data, t.accumulate)
     train_s, peak = _fit(trainer, module, dm, ckpt, run_dir, t.skip_nonfinite)
     if trainer.global_step % t.val_every:
         trainer.validate(module, datamodule=dm, verbose=False)
-    if not trainer.is_global_zero:
+    final = final_model(trainer, module)  # every rank: FSDP gathers the shards
+    if final is None:
         return {}
-    model_dir = registry.save(_unwrapped(module), run_dir / "model", tokenizer=run_dir / "tokenizer.json")
+    model_dir = registry.save(final, run_dir / "model", tokenizer=run_dir / "tokenizer.json")
     summary = summarize(run_dir, model_dir, data, train_s)
     summary = {**summary, "params": n_params, **jobs.usage(started, peak, cuda=True)}
-    jobs.write_summary(run_dir, summary)
-    return summary
+    return jobs.write_summary(run_dir, summary, trainer)  # + model FLOP/s and MFU; loggers closed
 
 
 def _build(spec, tcfg, resolved: dict):
@@ -227,7 +235,11 @@ def _build(spec, tcfg, resolved: dict):
     if tcfg.init_from:  # weights, spec and tokenizer from a model directory
         initial, tcfg = init_from.load(tcfg)
         resolved = {**resolved, "tokenizer": tcfg.tokenizer.model_dump()}
-    data = build_data(tcfg, tcfg.seed)
+    if tcfg.data.source == "shards":  # the shards' tokenizer unless tokenizer=file is given
+        tcfg, resolved = shards.with_shard_tokenizer(tcfg, resolved)
+        data = shards.build_data(tcfg, tcfg.seed)
+    else:
+        data = build_data(tcfg, tcfg.seed)
     spec = fit_spec_to_data(spec, data) if initial is None else init_from.fit(initial, data)
     registry.check(spec, device=jobs.device(tcfg.trainer.accelerator), training=True)
     model = registry.build(spec) if initial is None else initial
@@ -251,10 +263,7 @@ def _resume_point(run_dir: Path, tcfg, spec, tok: Tok, n_params: int) -> Path | 
     return ckpt
 
 
-def _trainer(run_dir: Path, t) -> L.Trainer:
-    strategy = t.strategy
-    if strategy == "auto" and t.devices > 1:
-        strategy = "ddp_spawn"  # Lightning's "ddp" relaunches argv, which Hydra multirun breaks
+def _trainer(run_dir: Path, t, report: jobs.Report | None = None) -> L.Trainer:
     checkpoint = dict(
         every_n_train_steps=t.checkpoint.every_n_steps,
         save_top_k=-1,
@@ -265,7 +274,15 @@ def _trainer(run_dir: Path, t) -> L.Trainer:
     )
     metrics = MetricsCSV(run_dir / "metrics.csv", t.log_every, COLUMNS, t.accumulate)
     return jobs.make_trainer(
-        run_dir, t, metrics, checkpoint, t.accumulate, devices=t.devices, strategy=strategy
+        run_dir,
+        t,
+        metrics,
+        checkpoint,
+        t.accumulate,
+        report=report,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=strategy(t),
     )
 
 

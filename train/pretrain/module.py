@@ -43,6 +43,48 @@ def all_finite(tensors) -> bool:
     return bool(torch.stack(flags).all()) if flags else True
 
 
+def runnable(model: torch.nn.Module, t) -> torch.nn.Module:
+    """The model as trainer settings ``t`` run it, computing the same values: activation
+    checkpointing per encoder layer (``t.activation_checkpointing``), ``torch.compile``
+    (``t.compile``; ``dynamic``: packed streams change length every batch)."""
+    model.encoder.checkpointing = t.activation_checkpointing
+    return torch.compile(model, dynamic=True) if t.compile else model
+
+
+def strategy(t):
+    """Lightning's strategy for trainer settings ``t``: ``fsdp`` shards parameters, gradients
+    and optimizer state over the devices, each encoder layer its own unit (Lightning's
+    ``FSDPStrategy``; full state dicts in checkpoints, so resuming and ``model/`` do not
+    depend on the device count); ``auto`` with several devices is ``ddp_spawn`` (Lightning's
+    ``ddp`` re-runs argv, which Hydra multirun breaks); the rest are Lightning's names."""
+    if t.strategy == "fsdp":
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        from bertsmith.blocks.encoder import EncoderLayer
+
+        return FSDPStrategy(auto_wrap_policy={EncoderLayer}, state_dict_type="full")
+    if t.strategy == "auto" and t.devices * t.num_nodes > 1:
+        return "ddp_spawn"
+    return t.strategy
+
+
+def final_model(trainer: L.Trainer, module) -> torch.nn.Module | None:
+    """The trained model on rank 0 (None elsewhere), unwrapped from ``torch.compile`` and,
+    under FSDP, gathered whole (a collective: every rank calls this)."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    model = getattr(module.model, "_orig_mod", module.model)
+    if isinstance(trainer.strategy, FSDPStrategy):
+        from bertsmith import registry
+
+        state = trainer.strategy.lightning_module_state_dict()
+        if not trainer.is_global_zero:
+            return None
+        model = registry.build(model.spec, init=False)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    return model if trainer.is_global_zero else None
+
+
 class PretrainModule(L.LightningModule):
     """Loss = cross-entropy on masked tokens (only those go through a sparse head) + NSP."""
 

@@ -22,7 +22,6 @@ measured here for the dtype, and the largest difference between the two sides' o
 from __future__ import annotations
 
 import json
-import math
 import platform
 import statistics
 import sys
@@ -36,6 +35,7 @@ import torch
 
 from bertsmith.train.jobs import PeakRSS
 from bertsmith.train.tools.bench_cases import CASES
+from bertsmith.train.utilisation import gemm_peak, sync
 
 LONG, WINDOW, MASK_RATE = 4096, 128, 0.3
 
@@ -116,11 +116,6 @@ class Batch:
         self.labels = torch.where(self.masked, self.ids, torch.full_like(self.ids, -100))
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _return_freed_memory() -> None:
     """Make glibc hand large freed blocks back to the OS at once, so resident memory follows
     what tensors use (by default malloc raises its mmap threshold and keeps freed memory,
@@ -163,22 +158,6 @@ class PeakMemory:
         self.mb = max(0, peak - self.start) / 2**20
 
 
-def gemm_peak(dtype: torch.dtype, device: str, n: int | None = None, repeats: int = 5) -> float:
-    """FLOP/s of the best of ``repeats`` square n³ matmuls in ``dtype``."""
-    n = n or (8192 if device == "cuda" else 2048)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
 def forward_flops(spec, lengths: list[int]) -> float:
     """Useful forward FLOPs of the encoder body over the real tokens of a batch."""
     from bertsmith.registry.costs import cost
@@ -201,11 +180,11 @@ def run_case(case, hf, ours, batch: Batch, device, autocast, repeats: int):
         peaks[name] = mem.mb
     for _ in range(repeats):  # interleaved, so drift in the machine's speed hits both
         for name, step in steps.items():
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             with autocast():
                 step()
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - t)
     diff = (outs["ours"].float() - outs["hf"].float()).abs().max().item()
     ours_s, hf_s = (statistics.median(times[k]) for k in ("ours", "hf"))
