@@ -1,6 +1,7 @@
 """`bertsmith train` end to end: every family, resume after a kill, DDP, bad input."""
 
 import json
+import shutil
 
 import pytest
 from helpers import TINY_TRAIN, bertsmith, kill_when, run_main
@@ -220,3 +221,31 @@ def test_multirun_puts_each_job_in_the_sweep_dir(tmp_path, cache):
         assert (d / "model" / "model.safetensors").is_file()
         losses.append([r["train_loss"] for r in read_metrics(d / "metrics.csv") if "train_loss" in r])
     assert losses[0] != losses[1]  # the seed is a real axis
+
+
+def test_resume_with_another_split_of_the_rows_is_refused(tmp_path, cache):
+    """Rank r of w takes micro-batches r, r+w, ... of a step: resuming with another number of
+    processes (or accumulation) would repeat or skip rows, so it is one line, exit 2."""
+    run = tmp_path / "run"
+    first = train(run, "trainer.max_steps=2", "trainer.val_every=2", "model.n_layers=1", cache=cache)
+    assert first.returncode == 0, first.stderr[-2000:]
+    shutil.rmtree(run / "model")  # as if it had been stopped before its end
+    (run / "summary.json").unlink()
+    ckpt = (run / "checkpoints" / "last.ckpt").read_bytes()
+    for more, given in (
+        ("trainer.devices=2", "trainer.devices=2"),
+        ("trainer.accumulate=2", "trainer.accumulate=2"),
+    ):
+        again = train_here(
+            run,
+            "trainer.max_steps=2",
+            "trainer.val_every=2",
+            "model.n_layers=1",
+            "resume=true",
+            "trainer.accelerator=cpu",
+            more,
+        )
+        assert again.returncode == 2, again.stderr[-2000:]
+        (line,) = again.stderr.splitlines()
+        assert line.startswith(f"error: resume: given {given}, allowed: trainer."), line
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == ckpt

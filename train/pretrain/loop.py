@@ -260,7 +260,34 @@ def _resume_point(run_dir: Path, tcfg, spec, tok: Tok, n_params: int) -> Path | 
     if ckpt is not None:
         check_same_tokenizer(run_dir, tok)  # first: the tokenizer sizes the model's vocabulary
         jobs.check_same_spec(run_dir, spec, "a model", "the same recipe and overrides")
+        check_same_split(run_dir, tcfg)
     return ckpt
+
+
+SPLIT_KEYS = ("devices", "num_nodes", "accumulate")  # how a step's rows are dealt to processes
+
+
+def check_same_split(run_dir: Path, tcfg) -> None:
+    """A resumed run deals each step's rows to its processes as the interrupted one did: rank r
+    of w takes micro-batches r, r+w, ... of the step. With another number of processes (or
+    ``trainer.accumulate``) the same step would hand out other rows, so it is refused in one
+    line rather than silently repeating or skipping rows."""
+    from bertsmith.registry.yamlfile import read_yaml
+
+    path = run_dir / "config.yaml"
+    old = (read_yaml(path, "config.yaml") or {}).get("trainer", {}) if path.exists() else {}
+    if not isinstance(old, dict):
+        return
+    defaults = {"devices": 1, "num_nodes": 1, "accumulate": 1}
+    was = {k: old.get(k, defaults[k]) for k in SPLIT_KEYS}
+    now = {k: getattr(tcfg.trainer, k) for k in SPLIT_KEYS}
+    if was != now:
+        given = ", ".join(f"trainer.{k}={now[k]}" for k in SPLIT_KEYS if now[k] != was[k])
+        allowed = ", ".join(f"trainer.{k}={was[k]}" for k in SPLIT_KEYS if now[k] != was[k])
+        raise SpecError(
+            f"resume: given {given}, allowed: {allowed} as in {str(path)!r} (the rows of each step are "
+            "dealt to the processes by rank; another split would repeat or skip rows)"
+        )
 
 
 def _trainer(run_dir: Path, t, report: jobs.Report | None = None) -> L.Trainer:
