@@ -61,10 +61,20 @@ def test_table_rows_match_the_runs(grid):
     (sha,) = hashes
     assert {row["tokenizer"] for row in rows.values()} == {sha[:12]}
     assert f"| {sha[:12]} |" in (sweep / "summary.md").read_text() and sha[:12] in out.stdout
+    # "best" only where the lowest mean is distinguishable from the runner-up (Welch, alpha
+    # 0.05); a 4-step grid at n=2 is usually tied within noise, and then no row is best
     best = min(rows.values(), key=lambda r: float(r["val_loss"]))
-    assert best["best"] == "True" and sum(r["best"] == "True" for r in rows.values()) == 1
-    assert "(best)" in (sweep / "summary.md").read_text()
-    assert "bertsmith export" in out.stdout and "--to recipe" in out.stdout
+    # two variants: the comparison with the base is the one of best vs runner-up
+    (p,) = (float(r["vs_base_p"]) for r in rows.values() if r["vs_base_p"])
+    separated = p < 0.05
+    table = (sweep / "summary.md").read_text()
+    assert sum(r["best"] == "True" for r in rows.values()) == (1 if separated else 0)
+    if separated:
+        assert best["best"] == "True" and "(best)" in table
+        assert "bertsmith export" in out.stdout and "--to recipe" in out.stdout
+    else:
+        assert "(best)" not in table and "tied within noise" in table and "seeds per variant" in table
+        assert "tied within noise" in out.stdout
 
 
 def _jobs(sweep):

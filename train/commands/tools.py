@@ -27,10 +27,12 @@ def _cmd_bench(args) -> None:
 def add_compare(sub) -> None:
     p = sub.add_parser(
         "compare",
-        help="table and plots of a sweep (mean ± std over seeds, best marked)",
+        help="table and plots of a sweep (mean ± sd and 95%% interval over seeds; best marked only "
+        "when Welch's t-test separates it from the runner-up, else tied within noise)",
         description="Read every run of SWEEP_DIR (finished, failed or still running) and write "
         "summary.md, summary.csv, val_loss.png and quality_vs_throughput.png there: one row "
-        "per variant (what its overrides change from the sweep's base), seeds averaged.",
+        "per variant (what its overrides change from the sweep's base), seeds averaged, each "
+        "compared with the base and the best with the runner-up (Welch's t-test, alpha 0.05).",
     )
     p.add_argument("sweep_dir")
     p.add_argument(

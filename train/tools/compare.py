@@ -2,7 +2,7 @@
 
 A *variant* is what a run's overrides change relative to the sweep's base (the overrides
 every run shares), seeds aside; runs of a variant that differ only by ``seed`` are averaged
-(mean ± std). Every run is read whatever its state — finished, failed, still running — and
+(mean ± std, n and a 95% t-interval over seeds). Every run is read whatever its state — finished, failed, still running — and
 its state is shown, never a crash.
 
 Downstream scores: a run's fine-tuning results (``RUN/finetune/<task>/summary.json``, written
@@ -14,6 +14,11 @@ finetune -m ...``) compares the same way, by its own scores.
 The ``tokenizer`` column is the first 12 hex digits of each variant's tokenizer hash
 (``summary.json``'s ``tokenizer_sha256``, or the hash of the run's ``tokenizer.json`` while it
 runs); runs of one variant that trained on different tokenizers show each, joined by ``/``.
+
+The verdict (``verdict.py``): each variant against the sweep's base (the variant ``base``, else
+the first) and the best mean against the runner-up by Welch's t-test; ``best`` is marked only
+when the best is distinguishable from the runner-up at alpha 0.05, else the variants are
+reported as tied within noise, with the seeds per variant a separation would need.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from bertsmith.registry.yamlfile import read_yaml
 from bertsmith.train.callbacks import read_metrics
 from bertsmith.train.pretrain.config import DataConfig
 from bertsmith.train.pretrain.tokenizer import file_sha256
+from bertsmith.train.tools import verdict as V
 
 _SEED = re.compile(r"^\+{0,2}seed=")
 MLM_METRICS = ("val_loss", "val_mlm_acc")
@@ -168,10 +174,14 @@ def variant_of(run: Run, common: set[str]) -> str:
     return " ".join(own) if own else "base"
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def _cells(key: str, values: list[float]) -> dict:
+    """``key`` (mean), ``key_std``, ``key_n``, ``key_ci_lo``/``key_ci_hi`` (95% t-interval) over
+    seeds; the std and interval are None at n = 1 (no spread to estimate)."""
+    a = V.aggregate(values)
+    return {key: a.mean, key + "_std": a.sd, key + "_n": a.n, key + "_ci_lo": a.lo, key + "_ci_hi": a.hi}
+
+
+_SUFFIXES = ("_std", "_n", "_ci_lo", "_ci_hi")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -204,8 +214,10 @@ def summarize_runs(runs: list[Run], metric: str = "val_loss") -> list[dict]:
     rows = []
     for name, rs in groups.items():
         done = [r for r in rs if r.last("val_loss") is not None]
-        loss = _mean_std([r.last("val_loss") for r in done])
-        acc = _mean_std([r.last("val_mlm_acc") for r in done if r.last("val_mlm_acc") is not None])
+        loss = _cells("val_loss", [r.last("val_loss") for r in done])
+        acc = _cells(
+            "val_mlm_acc", [r.last("val_mlm_acc") for r in done if r.last("val_mlm_acc") is not None]
+        )
         tps = [r.last("tokens_per_s") for r in rs if r.last("tokens_per_s") is not None]
         states = sorted({r.status for r in rs})
         rows.append(
@@ -219,10 +231,8 @@ def summarize_runs(runs: list[Run], metric: str = "val_loss") -> list[dict]:
                 "params": next((r.params for r in rs if r.params), None),
                 "flops_per_token": next((r.flops for r in rs if r.flops), None),
                 "tokenizer": "/".join(dict.fromkeys(r.tokenizer[:12] for r in rs if r.tokenizer)) or None,
-                "val_loss": loss[0],
-                "val_loss_std": loss[1],
-                "val_mlm_acc": acc[0],
-                "val_mlm_acc_std": acc[1],
+                **loss,
+                **acc,
                 "tokens_per_s": statistics.fmean(tps) if tps else None,
                 "peak_rss_mb": max(
                     (r.summary["peak_rss_mb"] for r in rs if "peak_rss_mb" in r.summary), default=None
@@ -232,22 +242,56 @@ def summarize_runs(runs: list[Run], metric: str = "val_loss") -> list[dict]:
                 ),
                 **_downstream_cells(rs, downstream),
                 "best": False,
+                "verdict": "",
+                "vs_base_diff": None,
+                "vs_base_ci_lo": None,
+                "vs_base_ci_hi": None,
+                "vs_base_p": None,
                 "_runs": rs,
             }
         )
-    scored = [r for r in rows if r[metric] is not None and any(x.status == "finished" for x in r["_runs"])]
-    if scored:
-        pick = min if lower_is_better(metric) else max
-        pick(scored, key=lambda r: r[metric])["best"] = True
+    judge(rows, metric)
     return rows
 
 
+def judge(rows: list[dict], metric: str) -> V.Verdict:
+    """Mark the rows with the verdict on ``metric`` (variants with a finished run take part):
+    ``best`` only where distinguishable from the runner-up; ``verdict`` per row; the difference
+    from the base (``vs_base_*``, Welch). The Verdict goes to ``rows[0]["_verdict"]`` too."""
+    scored = {
+        r["variant"]: [x.last(metric) for x in r["_runs"] if x.last(metric) is not None]
+        for r in rows
+        if r[metric] is not None and any(x.status == "finished" for x in r["_runs"])
+    }
+    base = "base" if "base" in scored else next(iter(scored), None)
+    v = V.decide(scored, lower_is_better(metric), base)
+    for r in rows:
+        name = r["variant"]
+        if name not in scored:
+            continue
+        if name == v.best:
+            r["best"] = True
+        if v.status == "n=1" or len(scored[name]) < 2:
+            r["verdict"] = "n=1: no verdict" if len(scored) > 1 else ""
+        elif v.status == "best":
+            r["verdict"] = "best" if name == v.best else ""
+        elif v.status == "tied" and name in v.tied:
+            r["verdict"] = "tied within noise"
+        c = v.vs_base.get(name)
+        if name == v.base:
+            r["verdict"] = (r["verdict"] + "; base").lstrip("; ")
+        if c is not None:
+            r.update(vs_base_diff=c.diff, vs_base_ci_lo=c.lo, vs_base_ci_hi=c.hi, vs_base_p=c.p)
+    if rows:
+        rows[0]["_verdict"] = v
+    return v
+
+
 def _downstream_cells(rs: list[Run], keys: list[str]) -> dict:
-    """Mean and std over seeds of each downstream score (``None`` where no run has it)."""
+    """Mean, std, n and interval over seeds of each downstream score (``None`` where no run has it)."""
     cells = {}
     for k in keys:
-        mean, std = _mean_std([r.downstream[k] for r in rs if k in r.downstream])
-        cells[k], cells[k + "_std"] = mean, std
+        cells.update(_cells(k, [r.downstream[k] for r in rs if k in r.downstream]))
     return cells
 
 
@@ -260,12 +304,28 @@ def _fmt(v, nd=3) -> str:
 
 
 def _pm(row: dict, key: str) -> str:
-    """``mean ± std`` of ``key`` over a variant's seeds."""
-    return "–" if row[key] is None else f"{row[key]:.3f} ± {row[key + '_std']:.3f}"
+    """``mean ± std [95% interval] n=N`` of ``key`` over a variant's seeds (``mean n=1`` alone)."""
+    if row[key] is None:
+        return "–"
+    if row[key + "_n"] < 2:
+        return f"{row[key]:.3f} n=1"
+    return (
+        f"{row[key]:.3f} ± {row[key + '_std']:.3f} [{row[key + '_ci_lo']:.3f}, {row[key + '_ci_hi']:.3f}]"
+        f" n={row[key + '_n']}"
+    )
+
+
+def _vs_base(row: dict) -> str:
+    if row["vs_base_diff"] is None:
+        return "–"
+    return (
+        f"{row['vs_base_diff']:+.3f} [{row['vs_base_ci_lo']:+.3f}, {row['vs_base_ci_hi']:+.3f}]"
+        f" p={row['vs_base_p']:.2g}"
+    )
 
 
 def downstream_keys(rows: list[dict]) -> list[str]:
-    return [k for k in (rows[0] if rows else {}) if k.startswith("finetune:") and not k.endswith("_std")]
+    return [k for k in (rows[0] if rows else {}) if k.startswith("finetune:") and not k.endswith(_SUFFIXES)]
 
 
 def markdown(rows: list[dict]) -> str:
@@ -273,8 +333,8 @@ def markdown(rows: list[dict]) -> str:
     names = "".join(f" {k.removeprefix('finetune:').replace('/', ' ')} |" for k in extra)
     head = (
         "| variant | runs | status | params | FLOPs/token | tokenizer | val MLM loss | val MLM acc |"
-        f"{names} tokens/s | peak RSS MB | wall s |\n"
-        f"|---|---:|---|---:|---:|---|---:|---:|{'---:|' * len(extra)}---:|---:|---:|\n"
+        f"{names} vs base | verdict | tokens/s | peak RSS MB | wall s |\n"
+        f"|---|---:|---|---:|---:|---|---:|---:|{'---:|' * len(extra)}---:|---|---:|---:|---:|\n"
     )
     lines = []
     for r in rows:
@@ -283,7 +343,8 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['variant']}{mark} | {r['runs']} | {r['status']} | {_fmt(r['params'])} | "
             f"{_fmt(r['flops_per_token'])} | {_fmt(r['tokenizer'])} | {_pm(r, 'val_loss')} | "
-            f"{_pm(r, 'val_mlm_acc')} |{cells} {_fmt(r['tokens_per_s'], 0)} | "
+            f"{_pm(r, 'val_mlm_acc')} |{cells} {_vs_base(r)} | {r['verdict'] or '–'} | "
+            f"{_fmt(r['tokens_per_s'], 0)} | "
             f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['wall_s'], 0)} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -320,7 +381,8 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
     for r in rows:
         if r["val_loss"] is None or r["tokens_per_s"] is None:
             continue
-        ax.errorbar(r["tokens_per_s"], r["val_loss"], yerr=r["val_loss_std"] or 0, fmt="o", capsize=3)
+        yerr = 0 if r["val_loss_ci_hi"] is None else r["val_loss_ci_hi"] - r["val_loss"]  # 95% t-interval
+        ax.errorbar(r["tokens_per_s"], r["val_loss"], yerr=yerr, fmt="o", capsize=3)
         ax.annotate(
             r["variant"],
             (r["tokens_per_s"], r["val_loss"]),
@@ -329,7 +391,7 @@ def plots(rows: list[dict], out: Path) -> list[Path]:
             textcoords="offset points",
         )
     ax.set_xlabel("training tokens/s")
-    ax.set_ylabel("validation MLM loss (lower is better)")
+    ax.set_ylabel("validation MLM loss, 95% interval over seeds (lower is better)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
@@ -350,8 +412,13 @@ def compare(sweep_dir: str | Path, metric: str = "val_loss") -> dict:
     check_metric(metric, runs)
     rows = summarize_runs(runs, metric)
     table = markdown(rows)
+    v = rows[0]["_verdict"]
+    table += f"\nVerdict on {metric}: {v.text(metric)}\n"
     (d / "summary.md").write_text(
-        f"# {d.name}\n\n{len(runs)} runs, {len(rows)} variants; best by {metric}.\n\n{table}"
+        f"# {d.name}\n\n{len(runs)} runs, {len(rows)} variants; verdict by {metric}, "
+        f"base: {v.base or '–'}.\n\n{table}\nMethod: cells are mean ± sd [95% interval] n over "
+        f"seeds; 'vs base' is the difference of means from the base [95% interval] and Welch's p. "
+        f"{V.METHOD}\n"
     )
     cols = [k for k in rows[0] if not k.startswith("_")]
     with (d / "summary.csv").open("w", newline="") as f:
@@ -359,11 +426,22 @@ def compare(sweep_dir: str | Path, metric: str = "val_loss") -> dict:
         w.writeheader()
         w.writerows({k: r[k] for k in cols} for r in rows)
     images = plots(rows, d)
-    best = next((r for r in rows if r["best"]), None)
-    best_run = None
-    if best is not None:
-        finished = [x for x in best["_runs"] if x.status == "finished"]
-        sign = 1 if lower_is_better(metric) else -1
-        scored = [x for x in finished if x.last(metric) is not None]
-        best_run = min(scored, key=lambda x: sign * x.last(metric)).path if scored else None
-    return {"table": table, "rows": rows, "images": images, "best_run": best_run}
+    best_run = _best_run(next((r for r in rows if r["best"]), None), metric)
+    top_run = _best_run(next((r for r in rows if r["variant"] == v.top), None), metric)
+    return {
+        "table": table,
+        "rows": rows,
+        "images": images,
+        "best_run": best_run,
+        "top_run": top_run,
+        "verdict": v,
+    }
+
+
+def _best_run(row: dict | None, metric: str) -> Path | None:
+    """The finished run of ``row``'s variant with the best ``metric``."""
+    if row is None:
+        return None
+    sign = 1 if lower_is_better(metric) else -1
+    scored = [x for x in row["_runs"] if x.status == "finished" and x.last(metric) is not None]
+    return min(scored, key=lambda x: sign * x.last(metric)).path if scored else None
