@@ -265,6 +265,23 @@ def unigram_loss(train_tokens: Counter, val: ValBatches, vocab: int) -> float:
     return nll / max(1, n)
 
 
+def train_batches(cfg, rows: Rows, tok: Tok, seed: int) -> PretrainBatches:
+    """``PretrainBatches`` of ``rows`` as ``cfg`` (a ``TrainConfig``) sets them up: batch size,
+    length, objective, masking and batch-size warmup (the in-memory path and the shards')."""
+    d, obj, sched = cfg.data, cfg.objective, cfg.schedule
+    return PretrainBatches(
+        rows,
+        d.batch_size,
+        d.seq_len,
+        obj,
+        tok,
+        seed,
+        obj.masking == "static",
+        sched.batch_warmup_steps,
+        sched.batch_warmup_start,
+    )
+
+
 def _split(d) -> tuple[list[str], list[str]]:
     """The corpus's training and validation documents (``corpus.is_val`` decides; streaming
     keeps only what the tokenizer trains on, otherwise every document or ``max_docs``)."""
@@ -305,24 +322,14 @@ def _streamed_train(cfg, tok, sequences, train_docs: list[str], seed: int):
 
 def _packed_train(cfg, tok, sequences, train_docs: list[str], seed: int):
     """Training batches from every document, packed into rows once (held in memory)."""
-    d, obj = cfg.data, cfg.objective
+    d = cfg.data
     rows = pack(sequences(train_docs), d.seq_len)
     if len(rows.rows) < d.batch_size:
         raise SpecError(
             f"data.batch_size: given {d.batch_size} rows, allowed: at most the "
             f"{len(rows.rows)} packed rows this corpus makes at seq_len {d.seq_len}"
         )
-    train = PretrainBatches(
-        rows,
-        d.batch_size,
-        d.seq_len,
-        obj,
-        tok,
-        seed,
-        obj.masking == "static",
-        cfg.schedule.batch_warmup_steps,
-        cfg.schedule.batch_warmup_start,
-    )
+    train = train_batches(cfg, rows, tok, seed)
     counts = Counter(t for row in rows.rows for s in row for t in s.ids)
     stats = {
         "train_docs": len(train_docs),

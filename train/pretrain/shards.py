@@ -391,10 +391,10 @@ def build_data(cfg, seed: int):
     the validation rows in memory."""
     from bertsmith.train.pretrain.data import (
         Data,
-        PretrainBatches,
         Rows,
         StepSampler,
         ValBatches,
+        train_batches,
         unigram_loss,
     )
     from bertsmith.train.pretrain.tokenizer import load_tokenizer
@@ -405,17 +405,7 @@ def build_data(cfg, seed: int):
     tok = load_tokenizer(cfg.tokenizer.path if cfg.tokenizer.kind == "file" else root / "tokenizer.json")
     t = m["train"]
     rows = Rows(ShardRows(root / "train"), t["packing_efficiency"], t["tokens"])
-    train = PretrainBatches(
-        rows,
-        d.batch_size,
-        d.seq_len,
-        obj,
-        tok,
-        seed,
-        False,
-        cfg.schedule.batch_warmup_steps,
-        cfg.schedule.batch_warmup_start,
-    )
+    train = train_batches(cfg, rows, tok, seed)  # static masks were refused by check()
     val_rows = Rows(list(ShardRows(root / "val")), 1.0, m["val"]["tokens"])
     val = ValBatches(train, val_rows, obj.eval_mask_ratio)
     counts = Counter({int(k): v for k, v in read_json(root / COUNTS, "data.path").items()})
