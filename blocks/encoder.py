@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from bertsmith.blocks.linear import fast_linear
 from bertsmith.blocks.roles import tag_embedding
 from bertsmith.blocks.stream import Stream, repad, stream_from_cu_seqlens, unpad
 
@@ -154,10 +155,20 @@ class Encoder(nn.Module):
             if i in kept:
                 stream.cache[("layer_input", i)] = (x, pos)
             if self.checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, stream, pos, use_reentrant=False)
+                x = checkpoint(_with_fast_linear(layer), x, stream, pos, use_reentrant=False)
             else:
                 x = layer(x, stream, pos)
         return self.final_norm(x)
+
+
+def _with_fast_linear(layer: nn.Module):
+    """``layer`` called in ``fast_linear``, also when the backward pass recomputes it."""
+
+    def run(x: Tensor, stream: Stream, pos) -> Tensor:
+        with fast_linear(x.device):
+            return layer(x, stream, pos)
+
+    return run
 
 
 class EncoderModel(nn.Module):
@@ -180,27 +191,29 @@ class EncoderModel(nn.Module):
     ) -> EncoderOutput:
         """Padded ``input_ids [B, L]`` (+ ``attention_mask``) or packed ``input_ids [T]`` +
         ``cu_seqlens``. ``predict`` (bool, same layout as ``input_ids``) marks the tokens a
-        sparse MLM head decodes; its logits are then ``[N, V]`` in stream order."""
-        packed = input_ids.dim() == 1
-        if packed:
-            if cu_seqlens is None:
-                cu_seqlens = torch.tensor([0, input_ids.numel()], device=input_ids.device)
-            stream = stream_from_cu_seqlens(cu_seqlens, max_seqlen)
-            tokens, types, pred = input_ids, token_type_ids, predict
-        else:
-            B, L = input_ids.shape
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            indices, stream = unpad(attention_mask)
-            tokens = input_ids.reshape(-1)[indices]
-            types = None if token_type_ids is None else token_type_ids.reshape(-1)[indices]
-            pred = None if predict is None else predict.reshape(-1)[indices]
-        h = self.encoder(tokens, stream, types, keep=getattr(self.head, "layer_inputs", ()))
-        out = {} if self.head is None else self.head(h, stream, pred)
-        sparse = pred is not None and getattr(self.head, "sparse", False)
-        if not packed:
-            h = repad(h, indices, B, L)
-            for key in getattr(self.head, "per_token", ()):
-                if not (sparse and key == "logits"):
-                    out[key] = repad(out[key], indices, B, L)
-        return EncoderOutput(last_hidden_state=h, stream=stream, **out)
+        sparse MLM head decodes; its logits are then ``[N, V]`` in stream order.
+        fp32 linear layers on a CPU run in oneDNN (``blocks/linear.py``)."""
+        with fast_linear(input_ids.device):
+            packed = input_ids.dim() == 1
+            if packed:
+                if cu_seqlens is None:
+                    cu_seqlens = torch.tensor([0, input_ids.numel()], device=input_ids.device)
+                stream = stream_from_cu_seqlens(cu_seqlens, max_seqlen)
+                tokens, types, pred = input_ids, token_type_ids, predict
+            else:
+                B, L = input_ids.shape
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
+                indices, stream = unpad(attention_mask)
+                tokens = input_ids.reshape(-1)[indices]
+                types = None if token_type_ids is None else token_type_ids.reshape(-1)[indices]
+                pred = None if predict is None else predict.reshape(-1)[indices]
+            h = self.encoder(tokens, stream, types, keep=getattr(self.head, "layer_inputs", ()))
+            out = {} if self.head is None else self.head(h, stream, pred)
+            sparse = pred is not None and getattr(self.head, "sparse", False)
+            if not packed:
+                h = repad(h, indices, B, L)
+                for key in getattr(self.head, "per_token", ()):
+                    if not (sparse and key == "logits"):
+                        out[key] = repad(out[key], indices, B, L)
+            return EncoderOutput(last_hidden_state=h, stream=stream, **out)

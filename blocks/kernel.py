@@ -88,7 +88,8 @@ class SdpaParams(Params):
     layers on a variable-length batch one sequence at a time (CPU, where per-call overhead is
     small), instead of padded and masked; ``never`` always pads. ``always`` forces either path
     wherever it can run: a score bias that differs per sequence (DeBERTa's) needs the padded
-    layout, and a one-sequence batch has nothing to split."""
+    layout, and a one-sequence batch has nothing to split. Under ``torch.compile``, ``auto``
+    always bands and never splits: one graph whatever the batch's shape."""
 
     band: Literal["auto", "always", "never"] = Field("auto", description="local layers in the band layout")
     split: Literal["auto", "always", "never"] = Field(
@@ -127,11 +128,15 @@ class Sdpa:
     def _use_band(self, stream, window: int) -> bool:
         if self.band != "auto":
             return self.band == "always"
+        if torch.compiler.is_compiling():  # one path for every batch: no guard on its shape
+            return True
         return band_cost(stream, window) < padded_cost(stream)
 
     def _use_split(self, stream, device) -> bool:
         if self.split != "auto":
             return self.split == "always" and stream.batch > 1
+        if torch.compiler.is_compiling():  # a Python loop over sequences: a graph per count
+            return False
         return device.type == "cpu" and stream.batch > 1 and not stream.is_rectangular
 
 

@@ -70,7 +70,11 @@ class Stream:
 
     @property
     def is_rectangular(self) -> bool:
-        """True when every sequence has length ``max_seqlen`` (no padding needed)."""
+        """True when every sequence has length ``max_seqlen`` (no padding needed). Always
+        False under ``torch.compile``: the general path serves every batch there, where the
+        test would be a guard on the batch's shape (a recompile whenever it flips)."""
+        if torch.compiler.is_compiling():
+            return False
         return self.cached("rect", lambda: self.n_tokens == self.batch * self.max_seqlen)
 
     def key_mask(self) -> Tensor:

@@ -65,6 +65,18 @@ def max_diff(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None)
     return (a.double() - b.double()).abs().max().item()
 
 
+def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.14) -> None:
+    """Redraw every parameter: norm weights around 1, everything else N(0, scale²).
+
+    ``named_parameters`` lists a tied weight once, so tying survives."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            is_norm_weight = p.dim() == 1 and name.endswith("weight") and "norm" in name.lower()
+            p.copy_(1.0 + 0.1 * noise if is_norm_weight else scale * noise)
+
+
 def with_kernel(model, kernel: str):
     """Our model rebuilt with another kernel and the same weights."""
     spec = model.spec.model_copy(update={"kernel": registry.REGISTRY.get("kernel", kernel).params()})

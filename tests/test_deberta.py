@@ -20,7 +20,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import max_diff, run_main, with_kernel
+from helpers import max_diff, randomize_, run_main, with_kernel
 
 from bertsmith import registry
 from bertsmith.blocks.positional import log_bucket
@@ -30,16 +30,6 @@ from bertsmith.train.interop.hf import import_hf
 TOL = 1e-5
 LENGTHS = [40, 31, 17, 6, 1]
 BUCKETS = 16
-
-
-def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.14) -> None:
-    """Redraw every parameter: norm weights around 1, everything else N(0, scale²)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            is_norm_weight = p.dim() == 1 and name.endswith("weight") and "norm" in name.lower()
-            p.copy_(1.0 + 0.1 * noise if is_norm_weight else scale * noise)
 
 
 def padded_batch(vocab: int, lengths=LENGTHS, seed: int = 0):

@@ -20,7 +20,7 @@ import math
 
 import pytest
 import torch
-from helpers import TINY_BERT, TINY_MODERNBERT, max_diff, with_kernel
+from helpers import TINY_BERT, TINY_MODERNBERT, max_diff, randomize_, with_kernel
 
 from bertsmith import registry
 from bertsmith.blocks.positional import alibi_slopes
@@ -43,18 +43,6 @@ def _one_thread():
 def kernel_names() -> list[str]:
     """Every kernel that runs on CPU (the CUDA-only ones: tests/test_gpu_kernels.py)."""
     return [k for k, e in registry.REGISTRY.entries["kernel"].items() if "device:cpu" in e.provides]
-
-
-def randomize_(module: torch.nn.Module, seed: int, scale: float = 0.14) -> None:
-    """Redraw every parameter: norm weights around 1, everything else N(0, scale²).
-
-    ``named_parameters`` lists a tied weight once, so tying survives."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            is_norm_weight = p.dim() == 1 and name.endswith("weight") and "norm" in name.lower()
-            p.copy_(1.0 + 0.1 * noise if is_norm_weight else scale * noise)
 
 
 def padded_batch(vocab: int, pad: int, lengths=LENGTHS, seed: int = 0):

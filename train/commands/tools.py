@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bertsmith.train.tools.bench_cases import CASES  # no torch: --help stays quick
+from bertsmith.train.tools.bench_cases import ALIASES, CASES  # no torch: --help stays quick
 
 
 def _cmd_compare(args) -> None:
@@ -49,14 +49,22 @@ def add_bench(sub) -> None:
         "bench",
         help="speed and memory against transformers, same weights, side by side",
         description="Time bertsmith against the transformers model with the same config and "
-        "weights (imported), in one process: fixed 512-token batches, variable lengths "
+        "weights (imported), in one process: fixed-length batches, variable lengths "
         "(64..512; padded for transformers, packed for bertsmith), 4096-token sequences with "
-        "window 128 (ModernBERT), and an MLM training step at 30%% masking. Prints tokens/s, "
-        "their ratio, peak memory, FLOP/s as a share of a GEMM peak measured here, and the "
-        "largest output difference.",
+        "window 128 (ModernBERT), and a training step (`train`: forward, loss, backward, AdamW) "
+        "at 30%% masking. Prints tokens/s, their ratio, peak memory, model FLOP/s (training: 3 x "
+        "the forward) and MFU against a GEMM rate measured here for the dtype, and the largest "
+        "output difference. --size tiny is the main job's shape (modernbert-tiny, 128-token "
+        "sequences, 2048 tokens per batch).",
     )
     p.add_argument("--family", nargs="+", default=["modernbert", "bert"], choices=["modernbert", "bert"])
-    p.add_argument("--case", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument(
+        "--case",
+        nargs="+",
+        default=list(CASES),
+        choices=[*CASES, *ALIASES],
+        help="cases to run (default all; mlm is the old name of train)",
+    )
     p.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument(
         "--size",
@@ -65,10 +73,34 @@ def add_bench(sub) -> None:
         help="width and depth (default base)",
     )
     p.add_argument("--layers", type=int, default=None, help="override the depth (fewer layers: faster)")
-    p.add_argument("--batch-tokens", type=int, default=4096, help="real tokens per batch (default 4096)")
+    p.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="real tokens per batch (default 4096; 2048 at --size tiny, the main job's batch)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed runs per side, median taken (default 3)")
     p.add_argument("--kernel", default="sdpa", help="bertsmith's attention kernel (default sdpa)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument(
+        "--compile",
+        default="no",
+        choices=["no", "yes", "both"],
+        help="torch.compile both sides (dynamic shapes, compile time excluded): no (default), "
+        "yes, or both (each case eager and compiled)",
+    )
+    p.add_argument(
+        "--same-gemm",
+        action="store_true",
+        help="run transformers' fp32 linear layers in bertsmith's CPU GEMM path too (oneDNN on "
+        "x86; BERTSMITH_CPU_LINEAR), so the ratio compares the models and not the GEMM library",
+    )
+    p.add_argument(
+        "--hf-attn",
+        default="sdpa",
+        choices=["sdpa", "eager", "flash_attention_2"],
+        help="transformers' attention implementation (default sdpa)",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON (table to stderr)")
     p.add_argument("--out", default=None, help="also write the JSON results to this file")
     p.set_defaults(fn=_cmd_bench)

@@ -18,11 +18,11 @@ PRETRAINING_NOTE = (
     "both; `AutoModelForMaskedLM` loads its MLM part (the pooler and NSP classifier are then "
     "reported as unused)."
 )
-BENCH_SHAPES = {  # (width, MLP, layers, heads); tiny with a small vocabulary
+BENCH_SHAPES = {  # (width, MLP, layers, heads); tiny: the *-tiny recipe (main job)
     "base": bench_shape(768, 3072, 12, 12),
     "large": bench_shape(1024, 4096, 24, 16),
     "small": bench_shape(512, 2048, 4, 8),
-    "tiny": bench_shape(128, 512, 2, 2, vocab_size=1024, pad_token_id=0),
+    "tiny": bench_shape(256, 1024, 4, 4, vocab_size=8192, pad_token_id=0),
 }
 
 

@@ -14,11 +14,22 @@ from bertsmith import registry
 from bertsmith.registry.errors import SpecError
 from bertsmith.train.interop.family import Family, Keys, activation, bench_shape, hf_act, sizes
 
-BENCH_SHAPES = {  # (width, MLP, layers, heads); tiny with a small vocabulary
+BENCH_SHAPES = {  # (width, MLP, layers, heads); tiny: the *-tiny recipe (main job)
     "base": bench_shape(768, 1152, 22, 12),
     "large": bench_shape(1024, 2624, 28, 16),
     "small": bench_shape(512, 768, 8, 8),
-    "tiny": bench_shape(128, 192, 3, 2, vocab_size=1024, pad_token_id=0),
+    "tiny": bench_shape(
+        256,
+        384,
+        6,
+        4,
+        vocab_size=8192,
+        pad_token_id=0,
+        bos_token_id=1,
+        cls_token_id=1,
+        eos_token_id=2,
+        sep_token_id=2,
+    ),
 }
 
 

@@ -9,14 +9,20 @@ both sides hold identical weights. Then each case times both, interleaved::
     variable  lengths uniform in 64..512: padded for          forward
               transformers, packed (cu_seqlens) for us
     long      4096-token sequences, window 128 (ModernBERT)   forward
-    mlm       variable lengths, 30% masked: forward, loss,    training step
+    train     variable lengths, 30% masked: forward, loss,    training step
               backward, AdamW step (transformers with
               sparse_prediction where it has it)
 
+``max_len`` is 512, or 128 at ``--size tiny`` (the main job's shape and sequence length; its
+batch, 16 x 128 tokens, is the default there). With ``compiled=True`` both sides run under
+``torch.compile(dynamic=True)`` (compile time is excluded: one extra warm-up call).
+
 Reported per case: real tokens/s each side and their ratio, peak memory above the case's
-start (CPU: resident set sampled every 2 ms; CUDA: the allocator's peak), the forward's
-useful FLOP/s (``registry.cost`` over real tokens) as a fraction of a square GEMM's rate
-measured here for the dtype, and the largest difference between the two sides' outputs.
+start (CPU: resident set sampled every 2 ms; CUDA: the allocator's peak), model FLOP/s —
+useful FLOPs from ``registry.cost`` over real tokens (a training step: 3 x the forward, with
+the head over the masked tokens, as ``train.utilisation`` counts them) — and that as a
+fraction of a square GEMM's rate measured in the same process for the dtype (MFU), and the
+largest difference between the two sides' outputs (hidden states, or the loss).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from pathlib import Path
 import torch
 
 from bertsmith.train.jobs import PeakRSS
-from bertsmith.train.tools.bench_cases import CASES
+from bertsmith.train.tools.bench_cases import ALIASES, CASES
 from bertsmith.train.utilisation import gemm_peak, sync
 
 LONG, WINDOW, MASK_RATE = 4096, 128, 0.3
@@ -47,19 +53,28 @@ class Row:
     family: str
     case: str
     dtype: str
+    compiled: bool
     tokens: int
     ours_tok_s: float
     hf_tok_s: float
     ratio: float
     ours_peak_mb: float
     hf_peak_mb: float
-    ours_flops_frac: float | None
-    hf_flops_frac: float | None
+    ours_flop_s: float
+    hf_flop_s: float
+    ours_flops_frac: float
+    hf_flops_frac: float
     max_diff: float
 
 
-def hf_pair(family: str, size: str, layers: int | None, kernel: str, device: str):
-    """(transformers masked-LM model, our model with the same weights), both in eval mode."""
+def max_len_for(size: str) -> int:
+    """The longest sequence of the fixed, variable and train cases at ``size``."""
+    return 128 if size == "tiny" else 512
+
+
+def hf_pair(family: str, size: str, layers: int | None, kernel: str, device: str, hf_attn: str = "sdpa"):
+    """(transformers masked-LM model with attention ``hf_attn``, our model with the same
+    weights), both in eval mode."""
     from transformers import AutoModelForMaskedLM
 
     from bertsmith import registry
@@ -71,7 +86,7 @@ def hf_pair(family: str, size: str, layers: int | None, kernel: str, device: str
         shape["num_hidden_layers"] = layers
     cfg = FAMILIES[family].bench_config(shape, WINDOW)
     torch.manual_seed(0)
-    hf = AutoModelForMaskedLM.from_config(cfg, attn_implementation="sdpa")
+    hf = AutoModelForMaskedLM.from_config(cfg, attn_implementation=hf_attn)
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         ours = import_hf(tmp, None, name=f"{family}-{size}")
@@ -90,8 +105,8 @@ def lengths_for(case: str, batch_tokens: int, max_len: int, gen: torch.Generator
     if case == "long":
         return [LONG] * max(1, batch_tokens // LONG)
     out: list[int] = []
-    while sum(out) < batch_tokens:
-        out.append(int(torch.randint(64, max_len + 1, (1,), generator=gen)))
+    while sum(out) < batch_tokens:  # uniform in max_len/8 .. max_len (64..512)
+        out.append(int(torch.randint(max_len // 8, max_len + 1, (1,), generator=gen)))
     return out
 
 
@@ -114,6 +129,7 @@ class Batch:
         self.labels_packed = self.packed[self.predict]
         self.ids, self.mask, self.masked = self.ids.to(device), self.mask.to(device), self.masked.to(device)
         self.labels = torch.where(self.masked, self.ids, torch.full_like(self.ids, -100))
+        self.same_gemm = False  # transformers in bertsmith's CPU GEMM path too (_hf_gemm)
 
 
 def _return_freed_memory() -> None:
@@ -166,15 +182,30 @@ def forward_flops(spec, lengths: list[int]) -> float:
     return float(sum(per_len[n] * n for n in lengths))
 
 
-def run_case(case, hf, ours, batch: Batch, device, autocast, repeats: int):
+def train_flops(spec, batch: Batch) -> float:
+    """Useful FLOPs of one training step: 3 x (the encoder over the real tokens + the MLM
+    head over the masked ones), as ``train.utilisation`` counts a training run's."""
+    from bertsmith.registry.costs import cost
+
+    head = cost(spec, max(batch.lengths))["flops_per_token"]["head"]
+    return 3 * (forward_flops(spec, batch.lengths) + head * int(batch.predict.sum()))
+
+
+def run_case(case, hf, ours, batch: Batch, device, autocast, repeats: int, compiled: bool = False):
     """(ours seconds, hf seconds, ours MB, hf MB, max |difference|) for one case."""
-    if case == "mlm":
-        steps = {"ours": _ours_mlm_step(ours, batch), "hf": _hf_mlm_step(hf, batch)}
+    if case == "train":
+        steps = {"ours": _ours_mlm_step(ours, batch, compiled), "hf": _hf_mlm_step(hf, batch, compiled)}
     else:
-        steps = {"ours": _ours_forward(ours.base, batch, case), "hf": _hf_forward(hf.base, batch)}
+        steps = {
+            "ours": _ours_forward(_compiled(ours.base, compiled), batch, case),
+            "hf": _hf_forward(_compiled(hf.base, compiled), batch),
+        }
     times: dict[str, list[float]] = {"ours": [], "hf": []}
     peaks, outs = {}, {}
-    for name, step in steps.items():  # warm-up, memory, and the outputs to compare
+    for name, step in steps.items():  # warm-up (compiling), memory, and the outputs to compare
+        if compiled:
+            with autocast():
+                step()
         with autocast(), PeakMemory(device) as mem:
             outs[name] = step()
         peaks[name] = mem.mb
@@ -191,6 +222,11 @@ def run_case(case, hf, ours, batch: Batch, device, autocast, repeats: int):
     return ours_s, hf_s, peaks["ours"], peaks["hf"], diff
 
 
+def _compiled(model, compiled: bool):
+    """``model`` under ``torch.compile`` as training runs it (dynamic shapes), or as it is."""
+    return torch.compile(model, dynamic=True) if compiled else model
+
+
 def _ours_forward(model, batch: Batch, case: str):
     def step():
         with torch.inference_mode():
@@ -203,10 +239,18 @@ def _ours_forward(model, batch: Batch, case: str):
 
 def _hf_forward(model, batch: Batch):
     def step():
-        with torch.inference_mode():
+        with torch.inference_mode(), _hf_gemm(batch):
             return model(input_ids=batch.ids, attention_mask=batch.mask).last_hidden_state[batch.mask.bool()]
 
     return step
+
+
+def _hf_gemm(batch: Batch):
+    """With ``same_gemm``, transformers' linear layers run in bertsmith's GEMM path too
+    (``blocks/linear.py``), so the ratio measures the models and not the GEMM library."""
+    from bertsmith.blocks.linear import fast_linear
+
+    return fast_linear(batch.ids.device) if batch.same_gemm else nullcontext()
 
 
 def _train_step(model, loss_fn):
@@ -224,18 +268,24 @@ def _train_step(model, loss_fn):
     return step
 
 
-def _ours_mlm_step(model, batch: Batch):
+def _ours_mlm_step(model, batch: Batch, compiled: bool = False):
+    run = _compiled(model, compiled)
+
     def loss():
-        out = model(batch.packed, cu_seqlens=batch.cu, max_seqlen=max(batch.lengths), predict=batch.predict)
+        out = run(batch.packed, cu_seqlens=batch.cu, max_seqlen=max(batch.lengths), predict=batch.predict)
         return torch.nn.functional.cross_entropy(out.logits.float(), batch.labels_packed)
 
     return _train_step(model, loss)
 
 
-def _hf_mlm_step(model, batch: Batch):
-    return _train_step(
-        model, lambda: model(input_ids=batch.ids, attention_mask=batch.mask, labels=batch.labels).loss
-    )
+def _hf_mlm_step(model, batch: Batch, compiled: bool = False):
+    run = _compiled(model, compiled)
+
+    def loss():
+        with _hf_gemm(batch):
+            return run(input_ids=batch.ids, attention_mask=batch.mask, labels=batch.labels).loss
+
+    return _train_step(model, loss)
 
 
 def bench(
@@ -244,68 +294,93 @@ def bench(
     dtypes=("fp32", "bf16"),
     size: str = "base",
     layers: int | None = None,
-    batch_tokens: int = 4096,
+    batch_tokens: int | None = None,
     repeats: int = 3,
     kernel: str = "sdpa",
     device: str = "cpu",
+    compile_modes=(False,),
+    hf_attn: str = "sdpa",
+    same_gemm: bool = False,
     report=print,
 ) -> dict:
-    """Run every (family, dtype, case); returns ``{"env", "gemm_peak", "rows"}``. Each row is
-    passed to ``report`` as a table line as soon as it is measured."""
+    """Run every (family, dtype, compiled, case); returns ``{"env", "gemm_peak", "rows"}``.
+    Each row is passed to ``report`` as a table line as soon as it is measured.
+    ``batch_tokens`` None: 2048 at ``size="tiny"`` (the main job's batch), else 4096."""
     from transformers.utils import logging as hf_logging
 
     from bertsmith.train.interop import FAMILIES
 
     hf_logging.disable_progress_bar()
+    batch_tokens = batch_tokens or (2048 if size == "tiny" else 4096)
+    max_len = max_len_for(size)
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}
     peaks = {d: gemm_peak(dt[d], device) for d in dtypes}
     rows = []
     for family in families:
-        hf, ours = hf_pair(family, size, layers, kernel, device)
+        hf, ours = hf_pair(family, size, layers, kernel, device, hf_attn)
         hf.base = getattr(hf, hf.base_model_prefix)
         ours.base = type(ours)(ours.encoder, None)
         gen = torch.Generator().manual_seed(0)
         for d in dtypes:
-            for case in cases:
-                if case == "long" and not FAMILIES[family].bench_long:
-                    continue  # e.g. BERT's learned positions stop at 512
-                batch = Batch(lengths_for(case, batch_tokens, 512, gen), ours.spec.vocab_size, device, gen)
-                rows.append(measure(family, case, d, hf, ours, batch, device, peaks[d], repeats))
-                report(format_row(rows[-1]))
+            for compiled in compile_modes:
+                for case in cases:
+                    if case == "long" and not FAMILIES[family].bench_long:
+                        continue  # e.g. BERT's learned positions stop at 512
+                    lengths = lengths_for(case, batch_tokens, max_len, gen)
+                    batch = Batch(lengths, ours.spec.vocab_size, device, gen)
+                    batch.same_gemm = same_gemm
+                    row = measure(family, case, d, hf, ours, batch, device, peaks[d], repeats, compiled)
+                    rows.append(row)
+                    report(format_row(row))
+                if compiled:
+                    torch._dynamo.reset()  # each row compiles afresh; no cache grows across rows
         del hf, ours
     return {
-        "env": environment(device, size, layers, batch_tokens, kernel),
+        "env": {
+            **environment(device, size, layers, batch_tokens, kernel, hf_attn, max_len),
+            "same_gemm": same_gemm,
+        },
         "gemm_peak": peaks,
         "rows": [asdict(r) for r in rows],
     }
 
 
-def measure(family, case, dtype, hf, ours, batch: Batch, device, peak: float, repeats: int) -> Row:
+def measure(
+    family, case, dtype, hf, ours, batch: Batch, device, peak: float, repeats: int, compiled=False
+) -> Row:
     """Time one case on both sides and make its row."""
     if dtype == "fp32":
         autocast = nullcontext
     else:
         autocast = lambda: torch.autocast(device, dtype=torch.bfloat16)  # noqa: E731
-    ours_s, hf_s, ours_mb, hf_mb, diff = run_case(case, hf, ours, batch, device, autocast, repeats)
-    flops = None if case == "mlm" else forward_flops(ours.spec, batch.lengths)
-    frac = [None if flops is None else flops / s / peak for s in (ours_s, hf_s)]
+    ours_s, hf_s, ours_mb, hf_mb, diff = run_case(case, hf, ours, batch, device, autocast, repeats, compiled)
+    flops = train_flops(ours.spec, batch) if case == "train" else forward_flops(ours.spec, batch.lengths)
+    rate = [flops / s for s in (ours_s, hf_s)]
     n = batch.tokens
-    return Row(family, case, dtype, n, n / ours_s, n / hf_s, hf_s / ours_s, ours_mb, hf_mb, *frac, diff)
+    return Row(
+        family, case, dtype, compiled, n, n / ours_s, n / hf_s, hf_s / ours_s, ours_mb, hf_mb,
+        *rate, *(r / peak for r in rate), diff,
+    )  # fmt: skip
 
 
-def environment(device, size, layers, batch_tokens, kernel) -> dict:
+def environment(device, size, layers, batch_tokens, kernel, hf_attn="sdpa", max_len=512) -> dict:
     import transformers
+
+    from bertsmith.blocks.linear import backend
 
     env = {
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "device": device,
         "threads": torch.get_num_threads(),
+        "cpu_linear": backend() if device == "cpu" else None,  # fp32 linear layers: onednn or blas
         "cpu": platform.processor() or platform.machine(),
         "size": size,
         "layers": layers,
         "batch_tokens": batch_tokens,
+        "max_len": max_len,
         "kernel": kernel,
+        "hf_attn": hf_attn,
     }
     if device == "cuda":
         env["gpu"] = torch.cuda.get_device_name()
@@ -313,17 +388,17 @@ def environment(device, size, layers, batch_tokens, kernel) -> dict:
 
 
 HEADER = (
-    f"{'family':<11}{'case':<9}{'dtype':<6}{'tokens':>7}{'ours tok/s':>12}{'hf tok/s':>11}"
-    f"{'ratio':>7}{'ours MB':>9}{'hf MB':>8}{'ours %peak':>11}{'hf %peak':>9}{'max|Δ|':>9}"
+    f"{'family':<11}{'case':<9}{'dtype':<6}{'comp':<5}{'tokens':>7}{'ours tok/s':>12}{'hf tok/s':>11}"
+    f"{'ratio':>7}{'ours MB':>9}{'hf MB':>8}{'ours GF/s':>10}{'ours MFU':>9}{'hf MFU':>7}{'max|Δ|':>9}"
 )
 
 
 def format_row(r: Row) -> str:
-    pct = lambda f: "-" if f is None else f"{100 * f:.0f}%"  # noqa: E731
     return (
-        f"{r.family:<11}{r.case:<9}{r.dtype:<6}{r.tokens:>7}{r.ours_tok_s:>12,.0f}{r.hf_tok_s:>11,.0f}"
-        f"{r.ratio:>6.2f}×{r.ours_peak_mb:>9,.0f}{r.hf_peak_mb:>8,.0f}{pct(r.ours_flops_frac):>11}"
-        f"{pct(r.hf_flops_frac):>9}{r.max_diff:>9.1e}"
+        f"{r.family:<11}{r.case:<9}{r.dtype:<6}{'yes' if r.compiled else 'no':<5}{r.tokens:>7}"
+        f"{r.ours_tok_s:>12,.0f}{r.hf_tok_s:>11,.0f}{r.ratio:>6.2f}×{r.ours_peak_mb:>9,.0f}"
+        f"{r.hf_peak_mb:>8,.0f}{r.ours_flop_s / 1e9:>10,.1f}{r.ours_flops_frac:>9.0%}"
+        f"{r.hf_flops_frac:>7.0%}{r.max_diff:>9.1e}"
     )
 
 
@@ -346,7 +421,8 @@ def main(args) -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SpecError("bench: given --device cuda, allowed: cpu (torch sees no CUDA device here)")
-    check_kernel(args.kernel, args.family, args.device, training="mlm" in args.case)
+    cases = list(dict.fromkeys(ALIASES.get(c, c) for c in args.case))
+    check_kernel(args.kernel, args.family, args.device, training="train" in cases)
     out = sys.stderr if args.json else sys.stdout  # JSON alone on stdout
 
     def report(line: str) -> None:
@@ -355,7 +431,7 @@ def main(args) -> None:
     report(HEADER)
     result = bench(
         families=args.family,
-        cases=args.case,
+        cases=cases,
         dtypes=args.dtype,
         size=args.size,
         layers=args.layers,
@@ -363,6 +439,9 @@ def main(args) -> None:
         repeats=args.repeats,
         kernel=args.kernel,
         device=args.device,
+        compile_modes={"no": (False,), "yes": (True,), "both": (False, True)}[args.compile],
+        hf_attn=args.hf_attn,
+        same_gemm=args.same_gemm,
         report=report,
     )
     if args.out:
@@ -371,4 +450,13 @@ def main(args) -> None:
         print(json.dumps(result, indent=2))
     else:
         peaks = ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in result["gemm_peak"].items())
-        print(f"GEMM peak measured here: {peaks}; ratio = ours tok/s ÷ transformers tok/s")
+        print(
+            f"GEMM peak measured here: {peaks}; ratio = ours tok/s ÷ transformers tok/s; "
+            "GF/s = model GFLOP/s (train: 3 x forward); MFU = that ÷ the dtype's GEMM peak"
+        )
+        env = result["env"]
+        if env.get("cpu_linear") == "onednn" and not env["same_gemm"]:
+            print(
+                "bertsmith's fp32 linear layers run in oneDNN here, transformers' in torch's BLAS; "
+                "--same-gemm runs both in oneDNN (the models alone)"
+            )

@@ -1,3 +1,4 @@
 """The cases ``bertsmith bench`` runs, named where the CLI can read them without torch."""
 
-CASES = ("fixed", "variable", "long", "mlm")
+CASES = ("fixed", "variable", "long", "train")
+ALIASES = {"mlm": "train"}  # the training case's name before 0.x; still accepted
