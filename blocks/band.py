@@ -62,12 +62,14 @@ def _band_mask(stream, window: int, neighbours: int, device) -> Tensor:
 
 
 def _windows(x: Tensor, neighbours: int) -> Tensor:
-    """``[n + 2r, c, ...]`` chunks -> ``[n, (2r+1)·c, ...]``: each chunk with r either side.
+    """``[n + 2r, c, ...]`` chunks -> ``[n, (2r+1)·c, ...]``: each chunk with r either side
+    (chunk i's keys are chunks i .. i + 2r of ``x``).
 
-    A strided view, not a copy: chunk i's keys are rows [i·c, (i + 2r + 1)·c) of ``x``."""
-    n, c = x.shape[0] - 2 * neighbours, x.shape[1]
-    flat = x.reshape(-1, *x.shape[2:])
-    return flat.unfold(0, (2 * neighbours + 1) * c, c).movedim(-1, 1)[:n]
+    One copy, concatenating 2r + 1 shifted views: its backward is 2r + 1 slices added, where
+    a strided ``unfold`` view (no copy forward; sdpa copies it anyway) has a scatter backward
+    that cost more than the copy."""
+    n = x.shape[0] - 2 * neighbours
+    return torch.cat([x[i : i + n] for i in range(2 * neighbours + 1)], dim=1)
 
 
 def _chunks(x: Tensor, c: int, n: int, pad: int) -> Tensor:

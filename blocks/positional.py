@@ -128,27 +128,25 @@ class RopeParams(Params):
         return dim
 
 
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
 class RopeContext(PositionContext):
     def __init__(self, tables: dict[bool, tuple[Tensor, Tensor]], dim: int):
         self.tables = tables
         self.dim = dim
 
     def rotate(self, q: Tensor, k: Tensor, local: bool) -> tuple[Tensor, Tensor]:
-        cos, sin = self.tables[local]
-        return _apply_rope(q, cos, sin, self.dim), _apply_rope(k, cos, sin, self.dim)
+        cos, signed_sin = self.tables[local]
+        return _apply_rope(q, cos, signed_sin, self.dim), _apply_rope(k, cos, signed_sin, self.dim)
 
 
-def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor, dim: int) -> Tensor:
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+def _apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor, dim: int) -> Tensor:
+    """``x·cos + rotate_half(x)·sin`` with rotate_half(x) = (−x₂, x₁), as
+    ``x·cos + roll(x, dim/2)·(−sin, sin)``: three kernels (mul, roll, addcmul) instead of
+    five (neg, cat, two muls, add)."""
+    cos, signed_sin = cos.to(x.dtype), signed_sin.to(x.dtype)
     if dim == x.shape[-1]:
-        return x * cos + _rotate_half(x) * sin
+        return torch.addcmul(x * cos, x.roll(dim // 2, dims=-1), signed_sin)
     rot, keep = x[..., :dim], x[..., dim:]
-    return torch.cat((rot * cos + _rotate_half(rot) * sin, keep), dim=-1)
+    return torch.cat((torch.addcmul(rot * cos, rot.roll(dim // 2, dims=-1), signed_sin), keep), dim=-1)
 
 
 def _rope_check(spec) -> list[str]:
@@ -182,7 +180,8 @@ class Rope(PositionalScheme):
         inv_freq = 1.0 / (theta ** (exponent / self.dim))
         freqs = position_ids.float()[:, None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)[:, None, :]  # [T, 1, dim] broadcasts over heads
-        return emb.cos(), emb.sin()
+        sin = freqs.sin()[:, None, :]
+        return emb.cos(), torch.cat((-sin, sin), dim=-1)  # cos, and sin signed for the roll
 
     def prepare(self, stream) -> RopeContext:
         pos = stream.position_ids

@@ -196,7 +196,7 @@ def utilisation(spec, seq_len: int, predicted: float, t) -> Utilisation:
     ``predicted`` fraction) and the peak to divide by (``trainer.peak_flops``, a known GPU's,
     or a GEMM rate measured here): see ``train.utilisation``."""
     flops = train_flops_per_token(spec, seq_len, predicted)["train"]
-    peak, source = peak_flops(getattr(t, "peak_flops", None), device(t.accelerator))
+    peak, source = peak_flops(getattr(t, "peak_flops", None), device(t.accelerator), str(t.precision))
     return Utilisation(flops, peak, source)
 
 

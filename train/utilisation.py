@@ -16,8 +16,8 @@ tokens, so ``f`` is ``objective.mask_ratio``; a dense head decodes every token (
 Activation checkpointing's recomputation is not counted (model FLOPs, not hardware FLOPs).
 
 The peak is ``trainer.peak_flops`` when set; otherwise, on a GPU this table knows, its dense
-bf16 peak, and anywhere else the rate of a square matmul measured in this process (fp32 on
-a CPU, bf16 on an unknown GPU): MFU is then against what this machine's GEMM reaches.
+bf16 peak, and anywhere else the rate of a square matmul measured in this process (on a CPU in
+the run's matmul dtype, fp32 or bf16; bf16 on an unknown GPU): MFU is then against what this machine's GEMM reaches.
 """
 
 from __future__ import annotations
@@ -95,9 +95,10 @@ def measured_gemm_rate(device: str, dtype: torch.dtype, threads: int) -> float:
     return gemm_peak(dtype, device, n=1024 if device == "cpu" else None, repeats=3)
 
 
-def peak_flops(setting: float | None, accelerator: str) -> tuple[float, str]:
+def peak_flops(setting: float | None, accelerator: str, precision: str = "32-true") -> tuple[float, str]:
     """(peak FLOP/s, where it comes from) for a job on ``accelerator`` (``jobs.device``'s
-    ``cuda`` or ``cpu``)."""
+    ``cuda`` or ``cpu``) at Lightning ``precision`` (on a CPU, ``bf16-mixed`` is measured
+    against a bf16 GEMM: its matmuls run in bf16)."""
     if setting:
         return float(setting), "trainer.peak_flops"
     if accelerator == "cuda" and torch.cuda.is_available():
@@ -105,8 +106,10 @@ def peak_flops(setting: float | None, accelerator: str) -> tuple[float, str]:
         if (peak := known_gpu_peak(name)) is not None:
             return peak, f"{name}, dense bf16 data sheet"
         return measured_gemm_rate("cuda", torch.bfloat16, 0), f"{name}, measured bf16 GEMM"
-    rate = measured_gemm_rate("cpu", torch.float32, torch.get_num_threads())
-    return rate, f"CPU, measured fp32 GEMM ({torch.get_num_threads()} threads)"
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float32
+    rate = measured_gemm_rate("cpu", dtype, torch.get_num_threads())
+    name = "bf16" if dtype == torch.bfloat16 else "fp32"
+    return rate, f"CPU, measured {name} GEMM ({torch.get_num_threads()} threads)"
 
 
 def train_flops_per_token(spec, seq_len: int, predicted: float) -> dict:

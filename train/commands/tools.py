@@ -12,7 +12,9 @@ def _cmd_compare(args) -> None:
     print(result["table"], end="")
     d = args.sweep_dir.rstrip("/")
     print(f"\nwrote {d}/summary.md, {d}/summary.csv, " + ", ".join(str(p) for p in result["images"]))
-    if result["best_run"] is not None:
+    # only a verdict of "best" (distinguishable from the runner-up) names a recipe to export:
+    # not when tied within noise, at n=1, or with one variant or nothing to compare
+    if result["verdict"].status == "best" and result["best_run"] is not None:
         print(
             f"export the best variant's recipe:\n  bertsmith export {result['best_run']} --to recipe --out best.yaml"
         )
@@ -30,9 +32,13 @@ def add_compare(sub) -> None:
         help="table and plots of a sweep (mean ± sd and 95%% interval over seeds; best marked only "
         "when Welch's t-test separates it from the runner-up, else tied within noise)",
         description="Read every run of SWEEP_DIR (finished, failed or still running) and write "
-        "summary.md, summary.csv, val_loss.png and quality_vs_throughput.png there: one row "
-        "per variant (what its overrides change from the sweep's base), seeds averaged, each "
-        "compared with the base and the best with the runner-up (Welch's t-test, alpha 0.05).",
+        "summary.md, summary.csv, val_loss.png, final_metric.png and quality_vs_throughput.png "
+        "there: one row per variant (what its overrides change from the sweep's base), seeds "
+        "averaged, each compared with the base and the best with the runner-up (Welch's t-test, "
+        "alpha 0.05); a row of the baseline to beat (unigram loss, majority class), the training "
+        "budget and the base recipe. val_loss.png: each variant's validation curve against tokens "
+        "seen, with a band over seeds; final_metric.png: the final metric per variant with its "
+        "interval, sorted, the base marked. The export hint is printed only for a best variant.",
     )
     p.add_argument("sweep_dir")
     p.add_argument(
