@@ -19,6 +19,13 @@ The verdict (``verdict.py``): each variant against the sweep's base (the variant
 the first) and the best mean against the runner-up by Welch's t-test; ``best`` is marked only
 when the best is distinguishable from the runner-up at alpha 0.05, else the variants are
 reported as tied within noise, with the seeds per variant a separation would need.
+
+The context a reader needs (``summary.md``): the training budget (``Budget``, from each run's
+``config.yaml``: steps, batch, sequence length, tokens), the base recipe (the base variant's
+config groups and overrides), and the baseline every variant must beat (``Baseline``: the unigram
+loss of pre-training summaries, the majority class or other ``baseline`` of fine-tuning ones) as
+a row of the table and a line in the plots (``compare_plots``: learning curves on tokens seen with
+a band over seeds, the final metric per variant with its interval, sorted, the base marked).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from bertsmith.registry.yamlfile import read_yaml
 from bertsmith.train.callbacks import read_metrics
 from bertsmith.train.pretrain.config import DataConfig
 from bertsmith.train.pretrain.tokenizer import file_sha256
+from bertsmith.train.tools import compare_plots as P
 from bertsmith.train.tools import verdict as V
 
 _SEED = re.compile(r"^\+{0,2}seed=")
@@ -57,15 +65,109 @@ class Run:
     flops: int | None = None
     tokenizer: str | None = None  # tokenizer_sha256 of the run's tokenizer
     downstream: dict[str, float] = field(default_factory=dict)  # "finetune:<task>/<metric>"
+    budget: Budget | None = None  # from config.yaml
+    baselines: dict[str, tuple[str, float]] = field(default_factory=dict)  # metric: (name, value)
 
     def last(self, key: str) -> float | None:
         if key in self.downstream:
             return self.downstream[key]
         return next((r[key] for r in reversed(self.metrics) if key in r), None)
 
+    def curve(self, key: str = "val_loss") -> list[tuple[int, float]]:
+        """``(step, value)`` at each validation of the run (``metrics.csv``'s rows that have it)."""
+        return [(r["step"], r[key]) for r in self.metrics if key in r]
+
     @property
     def val_curve(self) -> list[tuple[int, float]]:
-        return [(r["step"], r["val_loss"]) for r in self.metrics if "val_loss" in r]
+        return self.curve("val_loss")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a run was given to train with (its ``config.yaml``). Pre-training packs rows of
+    exactly ``seq_len`` tokens, so the tokens of a step are known: ``batch × seq_len ×
+    accumulate × devices``, less the rows the batch-size warm-up leaves out of its first
+    micro-steps (``schedule.batch_warmup_steps``). Fine-tuning batches are padded sequences of
+    at most ``seq_len`` tokens (``data.max_len``): steps and batch only, no token count."""
+
+    max_steps: int
+    batch: int
+    seq_len: int
+    accumulate: int = 1
+    devices: int = 1  # trainer.devices × trainer.num_nodes
+    warmup_steps: int = 0  # micro-steps of batch-size warm-up
+    warmup_start: float = 1.0
+    packed: bool = True  # pre-training; False: fine-tuning
+
+    @property
+    def tokens_per_step(self) -> int | None:
+        return self.batch * self.seq_len * self.accumulate * self.devices if self.packed else None
+
+    def tokens_at(self, step: int) -> int | None:
+        """Tokens seen after ``step`` optimizer steps: the rows of micro-steps ``0 .. step ×
+        accumulate × devices - 1`` (``PretrainBatches.rows_at``) times ``seq_len``."""
+        if not self.packed:
+            return None
+        micro = step * self.accumulate * self.devices
+        rows = micro * self.batch
+        for m in range(min(micro, self.warmup_steps)):
+            frac = self.warmup_start + (1 - self.warmup_start) * m / self.warmup_steps
+            rows -= self.batch - min(self.batch, max(1, math.ceil(frac * self.batch)))
+        return rows * self.seq_len
+
+    @property
+    def tokens(self) -> int | None:
+        return self.tokens_at(self.max_steps)
+
+    def text(self) -> str:
+        if not self.packed:
+            return (
+                f"{self.max_steps:,} steps × batch {self.batch} sequences of up to {self.seq_len} tokens"
+                " (fine-tuning: padded, no token count)"
+            )
+        devices = f"{self.devices} device{'s' if self.devices > 1 else ''}"
+        warm = (
+            f"; batch-size warm-up from {self.warmup_start:.0%} over the first {self.warmup_steps:,} micro-steps"
+            if self.warmup_steps
+            else ""
+        )
+        return (
+            f"{self.max_steps:,} steps × {self.tokens_per_step:,} tokens/step (batch {self.batch} × "
+            f"seq_len {self.seq_len} × accumulate {self.accumulate} × {devices}) = {self.tokens:,} tokens{warm}"
+        )
+
+
+def _int(section: dict, key: str, default: int) -> int:
+    v = section.get(key, default)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 1 else default
+
+
+def budget_of(d: Path) -> Budget | None:
+    """The run's ``Budget`` from its ``config.yaml`` (the training defaults fill keys it omits);
+    None without one."""
+    from bertsmith.train.pretrain.config import ScheduleConfig, TrainerConfig
+
+    cfg = _yaml(d / "config.yaml")
+    if not isinstance(cfg, dict):
+        return None
+    data, trainer, sched = (
+        cfg.get(k) if isinstance(cfg.get(k), dict) else {} for k in ("data", "trainer", "schedule")
+    )
+    tf, sf, df = TrainerConfig.model_fields, ScheduleConfig.model_fields, DataConfig.model_fields
+    steps = _int(trainer, "max_steps", tf["max_steps"].default)
+    if "task" in cfg:  # a fine-tuning run
+        return Budget(steps, _int(data, "batch_size", 32), _int(data, "max_len", 128), packed=False)
+    start = sched.get("batch_warmup_start", sf["batch_warmup_start"].default)
+    warm = sched.get("batch_warmup_steps", 0)
+    return Budget(
+        steps,
+        _int(data, "batch_size", df["batch_size"].default),
+        _int(data, "seq_len", df["seq_len"].default),
+        _int(trainer, "accumulate", 1),
+        _int(trainer, "devices", 1) * _int(trainer, "num_nodes", 1),
+        warm if isinstance(warm, int) and warm > 0 else 0,
+        float(start) if isinstance(start, (int, float)) and 0 < start <= 1 else 1.0,
+    )
 
 
 def find_runs(sweep_dir: Path) -> list[Path]:
@@ -108,6 +210,30 @@ def downstream_of(d: Path, summary: dict) -> dict[str, float]:
     return out
 
 
+def _baselines(summary: dict) -> dict[str, tuple[str, float]]:
+    """What a model that learned nothing scores, by metric: the unigram loss of a pre-training
+    summary (``unigram_val_loss``), a fine-tuning summary's ``baseline`` (majority class,
+    training mean, majority tag) and its ``majority_accuracy``."""
+    out = {}
+    if isinstance(summary.get("unigram_val_loss"), (int, float)):
+        out["val_loss"] = ("unigram loss", float(summary["unigram_val_loss"]))
+    task, b = summary.get("task"), summary.get("baseline")
+    if task and isinstance(summary.get("majority_accuracy"), (int, float)):
+        out[f"finetune:{task}/accuracy"] = ("the majority class", float(summary["majority_accuracy"]))
+    if task and isinstance(b, dict) and isinstance(b.get("value"), (int, float)) and b.get("metric"):
+        out[f"finetune:{task}/{b['metric']}"] = (str(b.get("name", "baseline")), float(b["value"]))
+    return out
+
+
+def baselines_of(d: Path, summary: dict) -> dict[str, tuple[str, float]]:
+    """A run's baselines: its own and those of its fine-tuning runs (``d/finetune/*/``)."""
+    out = {}
+    for f in sorted(d.glob("finetune/*/summary.json")):
+        out.update(_baselines(_summary(f)))
+    out.update(_baselines(summary))
+    return out
+
+
 def _status(d: Path) -> str:
     if (d / "FAILED").exists():
         return "failed"
@@ -147,6 +273,8 @@ def load_run(d: Path) -> Run:
     run.downstream = downstream_of(d, run.summary)
     run.params, run.flops = _costs(d)
     run.tokenizer = _tokenizer_sha256(d, run.summary)
+    run.budget = budget_of(d)
+    run.baselines = baselines_of(d, run.summary)
     return run
 
 
@@ -295,6 +423,80 @@ def _downstream_cells(rs: list[Run], keys: list[str]) -> dict:
     return cells
 
 
+@dataclass
+class Baseline:
+    """What every variant must beat on ``metric``: ``name`` (the unigram loss, the majority
+    class, ...) and its value per variant (the mean over the variant's runs that recorded it;
+    one value where the variants share their data and tokenizer)."""
+
+    metric: str
+    name: str
+    values: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def value(self) -> float | None:
+        """The value every variant shares, else None (e.g. variants with other tokenizers)."""
+        v = list(self.values.values())
+        return v[0] if v and max(v) - min(v) <= 1e-9 * max(1.0, abs(v[0])) else None
+
+    def text(self, nd: int = 3) -> str:
+        if self.value is not None:
+            return f"{self.value:.{nd}f}"
+        v = self.values.values()
+        return f"{min(v):.{nd}f} to {max(v):.{nd}f} by variant"
+
+
+def baselines(rows: list[dict]) -> dict[str, Baseline]:
+    """The baselines of the grid, by metric (``val_loss``, ``finetune:<task>/<metric>``)."""
+    out: dict[str, Baseline] = {}
+    for r in rows:
+        seen: dict[str, tuple[str, list[float]]] = {}
+        for run in r["_runs"]:
+            for k, (name, value) in run.baselines.items():
+                seen.setdefault(k, (name, []))[1].append(value)
+        for k, (name, values) in seen.items():
+            out.setdefault(k, Baseline(k, name)).values[r["variant"]] = statistics.fmean(values)
+    return dict(sorted(out.items(), key=lambda kv: (kv[0] != "val_loss", kv[0])))
+
+
+def budget_text(rows: list[dict]) -> str:
+    """The training budget: one line when every run had the same, else one line per variant."""
+    by_variant = {r["variant"]: sorted({x.budget.text() for x in r["_runs"] if x.budget}) for r in rows}
+    every = {t for ts in by_variant.values() for t in ts}
+    if not every:
+        return "Budget: unknown (no run has a config.yaml)."
+    if len(every) == 1 and all(by_variant.values()):
+        return f"Budget per run: {every.pop()}."
+    lines = "".join(f"\n- {v}: {' / '.join(ts) or 'unknown'}" for v, ts in by_variant.items())
+    return f"Budget per run, by variant (not the same for all):{lines}"
+
+
+def recipe_text(rows: list[dict], base: str | None) -> str:
+    """The base recipe: the base variant's Hydra config groups, its overrides (seed aside) and
+    the optimizer and schedule its config resolved to."""
+    row = next((r for r in rows if r["variant"] == base), rows[0])
+    run = row["_runs"][0]
+    hydra = _yaml(run.path / ".hydra" / "hydra.yaml")
+    runtime = hydra.get("hydra", {}).get("runtime", {}) if isinstance(hydra, dict) else {}
+    choices = runtime.get("choices") if isinstance(runtime, dict) else None
+    groups = [
+        f"{k}={v}"
+        for k, v in reversed(list(choices.items() if isinstance(choices, dict) else []))
+        if "/" not in str(k) and v is not None and k != "launcher"
+    ]
+    own = [o for o in run.overrides if not _SEED.match(o)]
+    cfg = _yaml(run.path / "config.yaml")
+    cfg = cfg if isinstance(cfg, dict) else {}
+    optim, sched = (cfg.get(k) if isinstance(cfg.get(k), dict) else {} for k in ("optim", "schedule"))
+    parts = [" ".join(groups) or "config groups unknown (no .hydra/hydra.yaml)"]
+    parts.append(f"overrides `{' '.join(own)}`" if own else "no overrides")
+    if optim.get("kind") or optim.get("lr") is not None:
+        parts.append(f"optim {optim.get('kind', '?')} lr {optim.get('lr', '?')}")
+    if sched.get("kind"):
+        parts.append(f"schedule {sched['kind']}")
+    return f"Base recipe ({row['variant']}, run {run.path.name}): {'; '.join(parts)}."
+
+
 def _fmt(v, nd=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -328,7 +530,8 @@ def downstream_keys(rows: list[dict]) -> list[str]:
     return [k for k in (rows[0] if rows else {}) if k.startswith("finetune:") and not k.endswith(_SUFFIXES)]
 
 
-def markdown(rows: list[dict]) -> str:
+def markdown(rows: list[dict], base_lines: dict[str, Baseline] | None = None) -> str:
+    """The table: one row per variant, and a last row of the baselines where runs recorded them."""
     extra = downstream_keys(rows)  # "finetune:sst2/accuracy" is shown as "sst2 accuracy"
     names = "".join(f" {k.removeprefix('finetune:').replace('/', ' ')} |" for k in extra)
     head = (
@@ -347,56 +550,16 @@ def markdown(rows: list[dict]) -> str:
             f"{_fmt(r['tokens_per_s'], 0)} | "
             f"{_fmt(r['peak_rss_mb'], 0)} | {_fmt(r['wall_s'], 0)} |"
         )
+    shown = {k: base_lines[k] for k in ("val_loss", "val_mlm_acc", *extra) if k in (base_lines or {})}
+    if shown:
+        names = "; ".join(dict.fromkeys(b.name for b in shown.values()))
+        cell = {k: b.text() for k, b in shown.items()}
+        lines.append(
+            f"| *baseline: {names}* | – | – | – | – | – | {cell.get('val_loss', '–')} | "
+            f"{cell.get('val_mlm_acc', '–')} |{''.join(f' {cell.get(k, chr(8211))} |' for k in extra)}"
+            " – | – | – | – | – |"
+        )
     return head + "\n".join(lines) + "\n"
-
-
-def plots(rows: list[dict], out: Path) -> list[Path]:
-    """``val_loss.png`` (mean curve per variant) and ``quality_vs_throughput.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = [out / "val_loss.png", out / "quality_vs_throughput.png"]
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in rows:
-        curves = [dict(x.val_curve) for x in r["_runs"] if x.val_curve]
-        if not curves:
-            continue
-        steps = sorted(set.intersection(*(set(c) for c in curves)))
-        ax.plot(
-            steps,
-            [statistics.fmean(c[s] for c in curves) for s in steps],
-            marker="o",
-            label=r["variant"] + (" (best)" if r["best"] else ""),
-        )
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation MLM loss (mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(paths[0], dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
-        if r["val_loss"] is None or r["tokens_per_s"] is None:
-            continue
-        yerr = 0 if r["val_loss_ci_hi"] is None else r["val_loss_ci_hi"] - r["val_loss"]  # 95% t-interval
-        ax.errorbar(r["tokens_per_s"], r["val_loss"], yerr=yerr, fmt="o", capsize=3)
-        ax.annotate(
-            r["variant"],
-            (r["tokens_per_s"], r["val_loss"]),
-            fontsize=7,
-            xytext=(4, 4),
-            textcoords="offset points",
-        )
-    ax.set_xlabel("training tokens/s")
-    ax.set_ylabel("validation MLM loss, 95% interval over seeds (lower is better)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(paths[1], dpi=110)
-    plt.close(fig)
-    return paths
 
 
 def compare(sweep_dir: str | Path, metric: str = "val_loss") -> dict:
@@ -411,31 +574,51 @@ def compare(sweep_dir: str | Path, metric: str = "val_loss") -> dict:
         )
     check_metric(metric, runs)
     rows = summarize_runs(runs, metric)
-    table = markdown(rows)
+    base_lines = baselines(rows)
+    table = markdown(rows, base_lines)
     v = rows[0]["_verdict"]
     table += f"\nVerdict on {metric}: {v.text(metric)}\n"
+    context = f"{budget_text(rows)}\n\n{recipe_text(rows, v.base)}\n"
+    drawn = P.draw(rows, d, metric, base_lines)
     (d / "summary.md").write_text(
         f"# {d.name}\n\n{len(runs)} runs, {len(rows)} variants; verdict by {metric}, "
-        f"base: {v.base or '–'}.\n\n{table}\nMethod: cells are mean ± sd [95% interval] n over "
-        f"seeds; 'vs base' is the difference of means from the base [95% interval] and Welch's p. "
-        f"{V.METHOD}\n"
+        f"base: {v.base or '–'}.\n\n{context}\n{table}\n{_baselines_text(base_lines)}"
+        f"Method: cells are mean ± sd [95% interval] n over seeds (n counts the runs that have the "
+        f"value: no ± at n=1); 'vs base' is the difference of means from the base [95% interval] "
+        f"and Welch's p. {V.METHOD}\n\n{P.describe(drawn)}\n"
     )
     cols = [k for k in rows[0] if not k.startswith("_")]
     with (d / "summary.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
         w.writerows({k: r[k] for k in cols} for r in rows)
-    images = plots(rows, d)
     best_run = _best_run(next((r for r in rows if r["best"]), None), metric)
     top_run = _best_run(next((r for r in rows if r["variant"] == v.top), None), metric)
     return {
         "table": table,
         "rows": rows,
-        "images": images,
+        "images": drawn.paths,
+        "plots": drawn,
+        "baselines": base_lines,
+        "budget": budget_text(rows),
         "best_run": best_run,
         "top_run": top_run,
         "verdict": v,
     }
+
+
+def _baselines_text(base_lines: dict[str, Baseline]) -> str:
+    if not base_lines:
+        return ""
+    what = {
+        "unigram loss": "each masked token predicted from the training-token frequencies alone; "
+        "the mean over a variant's seeds, whose validation masks differ",
+    }
+    parts = [
+        f"{k}: {b.name}{f' ({what[b.name]})' if b.name in what else ''} {b.text(4)}"
+        for k, b in base_lines.items()
+    ]
+    return f"Baselines (what a model that learned nothing scores; every variant must beat them): {'; '.join(parts)}.\n\n"
 
 
 def _best_run(row: dict | None, metric: str) -> Path | None:
