@@ -65,10 +65,14 @@ def _windows(x: Tensor, neighbours: int) -> Tensor:
     """``[n + 2r, c, ...]`` chunks -> ``[n, (2r+1)·c, ...]``: each chunk with r either side
     (chunk i's keys are chunks i .. i + 2r of ``x``).
 
-    One copy, concatenating 2r + 1 shifted views: its backward is 2r + 1 slices added, where
-    a strided ``unfold`` view (no copy forward; sdpa copies it anyway) has a scatter backward
-    that cost more than the copy."""
+    Without gradients, a strided ``unfold`` view (no copy). With them, one concatenation of
+    2r + 1 shifted views: its backward is 2r + 1 slices added, where the view's backward is a
+    scatter that cost more than the copy in a training step."""
     n = x.shape[0] - 2 * neighbours
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        c = x.shape[1]
+        flat = x.reshape(-1, *x.shape[2:])
+        return flat.unfold(0, (2 * neighbours + 1) * c, c).movedim(-1, 1)[:n]
     return torch.cat([x[i : i + n] for i in range(2 * neighbours + 1)], dim=1)
 
 
