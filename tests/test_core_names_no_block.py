@@ -11,7 +11,9 @@ What is flagged, found with ``ast`` (so comments and docstrings do not count):
 
 Excepted, and why: the transformers interop modules ``train/interop/*.py`` (one per family,
 import, export, the model card; not the remote-code builder under ``train/interop/remote/``)
-and the bench's transformers side, ``train/tools/bench.py``, map transformers families to specs:
+and the bench's transformers side, ``train/tools/bench.py`` and ``bench_cases.py`` (transformers'
+own ``attn_implementation`` names, which share some words with kernels), map transformers
+families to specs:
 which bertsmith entries a ``BertConfig`` or ``ModernBertConfig`` means is a family table, not
 a rule of the core. Fine-tuning's task kinds (``classification``, ``regression``,
 ``token_classification``) are the task's own vocabulary, compared on ``task.kind``, which no
@@ -29,7 +31,7 @@ from bertsmith.registry.core import REGISTRY
 ROOT = Path(__file__).resolve().parent.parent
 CORE = [*sorted((ROOT / "registry").glob("*.py")), ROOT / "blocks" / "encoder.py"]
 CORE += sorted(p for p in (ROOT / "train").rglob("*.py"))
-INTEROP = {*(ROOT / "train" / "interop").glob("*.py"), ROOT / "train" / "tools" / "bench.py"}
+INTEROP = {*(ROOT / "train" / "interop").glob("*.py"), *(ROOT / "train" / "tools").glob("bench*.py")}
 NAMES = {e.name: e.slot for e in REGISTRY}
 SLOT_WORDS = {*REGISTRY.entries, "p", "spec", "kind"}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bertsmith.train.tools.bench_cases import ALIASES, CASES  # no torch: --help stays quick
+from bertsmith.train.tools.bench_cases import ALIASES, CASES, HF_ATTENTION  # no torch: --help stays quick
 
 
 def _cmd_compare(args) -> None:
@@ -104,7 +104,7 @@ def add_bench(sub) -> None:
     p.add_argument(
         "--hf-attn",
         default="sdpa",
-        choices=["sdpa", "eager", "flash_attention_2"],
+        choices=HF_ATTENTION,
         help="transformers' attention implementation (default sdpa)",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON (table to stderr)")

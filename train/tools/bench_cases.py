@@ -2,3 +2,5 @@
 
 CASES = ("fixed", "variable", "long", "train")
 ALIASES = {"mlm": "train"}  # the training case's name before 0.x; still accepted
+# transformers' ``attn_implementation`` values for the bench's transformers side (--hf-attn)
+HF_ATTENTION = ("sdpa", "eager", "flash_attention_2")

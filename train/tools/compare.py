@@ -50,7 +50,8 @@ from bertsmith.train.tools import verdict as V
 
 _SEED = re.compile(r"^\+{0,2}seed=")
 MLM_METRICS = ("val_loss", "val_mlm_acc")
-_DOWNSTREAM = re.compile(r"^finetune:(?P<task>[^/]+)/(?P<metric>.+)$")
+_DOWNSTREAM = V.DOWNSTREAM
+lower_is_better = V.lower_is_better
 
 
 @dataclass
@@ -310,11 +311,6 @@ def _cells(key: str, values: list[float]) -> dict:
 
 
 _SUFFIXES = ("_std", "_n", "_ci_lo", "_ci_hi")
-
-
-def lower_is_better(metric: str) -> bool:
-    m = _DOWNSTREAM.match(metric)
-    return metric == "val_loss" or (m is not None and m["metric"] in ("mse", "loss"))
 
 
 def check_metric(metric: str, runs: list[Run]) -> None:

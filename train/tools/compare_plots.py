@@ -112,7 +112,6 @@ def curves(rows: list[dict], key: str = "val_loss") -> tuple[str, list[Curve]]:
 
 def finals(rows: list[dict], metric: str) -> list[Final]:
     """The final ``metric`` of each variant that has one, best first (the table's aggregates)."""
-    from bertsmith.train.tools.compare import lower_is_better
 
     base = _base(rows)
     items = [
@@ -128,7 +127,7 @@ def finals(rows: list[dict], metric: str) -> list[Final]:
         for r in rows
         if r.get(metric) is not None
     ]
-    sign = 1 if lower_is_better(metric) else -1
+    sign = 1 if V.lower_is_better(metric) else -1
     return sorted(items, key=lambda f: sign * f.mean)
 
 
@@ -255,9 +254,8 @@ def draw(rows: list[dict], out: Path, metric: str = "val_loss", base_lines: dict
     drawn.baseline[FILES[1]] = _baseline_lines(ax, base_lines.get(metric), {}, False, ypos)
     if not fs:
         ax.text(0.5, 0.5, f"no variant has {metric} yet", transform=ax.transAxes, ha="center")
-    from bertsmith.train.tools.compare import lower_is_better
 
-    better = "lower is better" if lower_is_better(metric) else "higher is better"
+    better = "lower is better" if V.lower_is_better(metric) else "higher is better"
     ax.set_xlabel(f"final {metric_label(metric)} ({better})")
     ax.set_title(f"{metric}: mean over seeds and 95% t-interval, best first", fontsize=10)
     handles = [

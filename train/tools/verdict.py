@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass
 
@@ -33,6 +34,15 @@ METHOD = (
     f"per variant needed to separate the observed difference at {POWER:.0%} power "
     "(normal approximation)."
 )
+
+# a downstream metric of ``bertsmith compare --metric``: finetune:TASK/METRIC
+DOWNSTREAM = re.compile(r"^finetune:(?P<task>[^/]+)/(?P<metric>.+)$")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller ``metric`` (a compare metric name) is the better one."""
+    m = DOWNSTREAM.match(metric)
+    return metric == "val_loss" or (m is not None and m["metric"] in ("mse", "loss"))
 
 
 @dataclass
