@@ -15,7 +15,7 @@ GEMMs, differing from BLAS's only in summation order, ~1e-6 relative); anything 
 layer, so the same GEMMs run both times.
 
 ``BERTSMITH_CPU_LINEAR``: ``auto`` (default: oneDNN on an x86-64 CPU whose torch has it),
-``onednn`` (wherever torch has it) or ``blas`` (torch's default path, always).
+``onednn`` (on any CPU; an error where torch lacks it) or ``blas`` (torch's default path).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ def backend() -> str:
     if want not in CHOICES:
         raise ValueError(f"BERTSMITH_CPU_LINEAR: given {want!r}, allowed: {', '.join(CHOICES)}")
     has = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    if want == "onednn" and not has:  # asked for by name: never a quiet fallback
+        raise ValueError(
+            "BERTSMITH_CPU_LINEAR: given 'onednn', allowed: auto, blas (this torch has no oneDNN linear)"
+        )
     if want == "blas" or not has:
         return "blas"
     if want == "onednn":

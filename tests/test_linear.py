@@ -97,6 +97,14 @@ def test_an_unknown_setting_is_named(monkeypatch):
             ValueError, match="BERTSMITH_CPU_LINEAR: given 'fastest', allowed: auto, onednn, blas"
         ):
             linear.backend()
+        monkeypatch.setenv("BERTSMITH_CPU_LINEAR", "onednn")
+        linear.backend.cache_clear()
+        assert linear.backend() == "onednn"  # this torch has it (the module's skip says so)
+        monkeypatch.setattr(linear.torch.backends.mkldnn, "is_available", lambda: False)
+        linear.backend.cache_clear()
+        with pytest.raises(ValueError, match="given 'onednn', allowed: auto, blas"):
+            linear.backend()  # asked for by name where torch lacks it: an error, not BLAS
+        monkeypatch.undo()
         monkeypatch.setenv("BERTSMITH_CPU_LINEAR", "blas")
         linear.backend.cache_clear()
         assert linear.backend() == "blas"
