@@ -8,8 +8,12 @@ from bertsmith.train.tools.bench_cases import ALIASES, CASES, HF_ATTENTION  # no
 def _cmd_compare(args) -> None:
     from bertsmith.train.tools.compare import compare
 
-    result = compare(args.sweep_dir, args.metric)
+    result = compare(
+        args.sweep_dir, args.metric, args.bench, args.bench_repeats, args.bench_device, args.bench_threads
+    )
     print(result["table"], end="")
+    if result["speed"]:
+        print(f"\n{result['speed']}", end="")
     d = args.sweep_dir.rstrip("/")
     print(f"\nwrote {d}/summary.md, {d}/summary.csv, " + ", ".join(str(p) for p in result["images"]))
     # only a verdict of "best" (distinguishable from the runner-up) names a recipe to export:
@@ -38,7 +42,9 @@ def add_compare(sub) -> None:
         "alpha 0.05); a row of the baseline to beat (unigram loss, majority class), the training "
         "budget and the base recipe. val_loss.png: each variant's validation curve against tokens "
         "seen, with a band over seeds; final_metric.png: the final metric per variant with its "
-        "interval, sorted, the base marked. The export hint is printed only for a best variant.",
+        "interval, sorted, the base marked. The export hint is printed only for a best variant. "
+        "The tokens/s column is what the runs logged, labelled with how many jobs ran at once "
+        "(overlapping wall-clock times); --bench adds speed that compares the variants.",
     )
     p.add_argument("sweep_dir")
     p.add_argument(
@@ -46,6 +52,30 @@ def add_compare(sub) -> None:
         default="val_loss",
         help="what picks the best variant: val_loss (default, lower is better), val_mlm_acc, or a "
         "downstream score finetune:TASK/METRIC (e.g. finetune:sst2/accuracy; see bertsmith finetune)",
+    )
+    p.add_argument(
+        "--bench",
+        action="store_true",
+        help="also time each variant's training step alone (random weights, one shared batch of the "
+        "base run's rows, 30%% masked, fp32), interleaved A B C A B C "
+        "over --bench-repeats rounds: median tokens/s, min-max, ratio to the base and MFU as a "
+        "'Speed (measured alone, interleaved)' section of summary.md and bench_* columns of summary.csv",
+    )
+    p.add_argument(
+        "--bench-repeats",
+        type=int,
+        default=5,
+        help="timed rounds of --bench, median taken (default 5; one warm-up step each before)",
+    )
+    p.add_argument(
+        "--bench-device", default="cpu", choices=["cpu", "cuda"], help="where --bench times (default cpu)"
+    )
+    p.add_argument(
+        "--bench-threads",
+        type=int,
+        default=None,
+        help="torch CPU threads while --bench times (default: the process's default; 1 is steadier "
+        "on a machine other work shares)",
     )
     p.set_defaults(fn=_cmd_compare, reads_recipes=False)
 

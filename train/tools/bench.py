@@ -150,13 +150,13 @@ def _return_freed_memory() -> None:
     """Make glibc hand large freed blocks back to the OS at once, so resident memory follows
     what tensors use (by default malloc raises its mmap threshold and keeps freed memory,
     and a later peak reusing it would not show). Only while memory is measured: see
-    ``_keep_freed_memory``."""
+    ``keep_freed_memory``."""
     if (libc := _libc()) is not None:  # else: not glibc, the figures may read low
         libc.mallopt(M_MMAP_THRESHOLD, 256 * 1024)  # fixed, so no longer adaptive
         libc.malloc_trim(0)
 
 
-def _keep_freed_memory() -> None:
+def keep_freed_memory() -> None:
     """Back to what a long-running process settles at: blocks up to glibc's largest dynamic
     mmap threshold (32 MiB on 64-bit) reused from the heap. With the 256 KiB threshold every
     activation is a fresh mmap, zero-filled page by page on first touch, which slowed the
@@ -190,7 +190,7 @@ class PeakMemory:
         else:
             self.rss.__exit__(*exc)
             peak = self.rss.max_bytes
-            _keep_freed_memory()
+            keep_freed_memory()
         self.mb = max(0, peak - self.start) / 2**20
 
 
@@ -214,13 +214,12 @@ def train_flops(spec, batch: Batch) -> float:
 def run_case(case, hf, ours, batch: Batch, device, autocast, repeats: int, compiled: bool = False):
     """(ours seconds, hf seconds, ours MB, hf MB, max |difference|) for one case."""
     if case == "train":
-        steps = {"ours": _ours_mlm_step(ours, batch, compiled), "hf": _hf_mlm_step(hf, batch, compiled)}
+        steps = {"ours": ours_mlm_step(ours, batch, compiled), "hf": _hf_mlm_step(hf, batch, compiled)}
     else:
         steps = {
             "ours": _ours_forward(_compiled(ours.base, compiled), batch, case),
             "hf": _hf_forward(_compiled(hf.base, compiled), batch),
         }
-    times: dict[str, list[float]] = {"ours": [], "hf": []}
     peaks, outs = {}, {}
     for name, step in steps.items():  # warm-up (compiling), memory, and the outputs to compare
         if compiled:
@@ -229,17 +228,26 @@ def run_case(case, hf, ours, batch: Batch, device, autocast, repeats: int, compi
         with autocast(), PeakMemory(device) as mem:
             outs[name] = step()
         peaks[name] = mem.mb
-    for _ in range(repeats):  # interleaved, so drift in the machine's speed hits both
-        for name, step in steps.items():
-            sync(device)
-            t = time.perf_counter()
-            with autocast():
-                step()
-            sync(device)
-            times[name].append(time.perf_counter() - t)
+    times = interleaved(steps, repeats, device, autocast)
     diff = (outs["ours"].float() - outs["hf"].float()).abs().max().item()
     ours_s, hf_s = (statistics.median(times[k]) for k in ("ours", "hf"))
     return ours_s, hf_s, peaks["ours"], peaks["hf"], diff
+
+
+def interleaved(steps: dict, repeats: int, device: str, autocast=nullcontext, clock=time.perf_counter):
+    """Seconds of each of ``steps`` (name: callable) per round, ``repeats`` rounds, each
+    calling every step once in turn (A B C A B C ...), so drift in the machine's speed hits
+    all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            sync(device)
+            t = clock()
+            with autocast():
+                step()
+            sync(device)
+            times[name].append(clock() - t)
+    return times
 
 
 def _compiled(model, compiled: bool):
@@ -288,12 +296,15 @@ def _train_step(model, loss_fn):
     return step
 
 
-def _ours_mlm_step(model, batch: Batch, compiled: bool = False):
+def ours_mlm_step(model, batch: Batch, compiled: bool = False):
     run = _compiled(model, compiled)
 
     def loss():
         out = run(batch.packed, cu_seqlens=batch.cu, max_seqlen=max(batch.lengths), predict=batch.predict)
-        return torch.nn.functional.cross_entropy(out.logits.float(), batch.labels_packed)
+        logits = out.logits
+        if logits.shape[0] != batch.labels_packed.shape[0]:  # a dense head decoded every token
+            logits = logits[batch.predict]
+        return torch.nn.functional.cross_entropy(logits.float(), batch.labels_packed)
 
     return _train_step(model, loss)
 

@@ -45,6 +45,7 @@ from bertsmith.registry.yamlfile import read_yaml
 from bertsmith.train.callbacks import read_metrics
 from bertsmith.train.pretrain.config import DataConfig
 from bertsmith.train.pretrain.tokenizer import file_sha256
+from bertsmith.train.tools import compare_bench as CB
 from bertsmith.train.tools import compare_plots as P
 from bertsmith.train.tools import verdict as V
 
@@ -68,6 +69,7 @@ class Run:
     downstream: dict[str, float] = field(default_factory=dict)  # "finetune:<task>/<metric>"
     budget: Budget | None = None  # from config.yaml
     baselines: dict[str, tuple[str, float]] = field(default_factory=dict)  # metric: (name, value)
+    interval: tuple[float, float] | None = None  # wall-clock (start, end): compare_bench.run_interval
 
     def last(self, key: str) -> float | None:
         if key in self.downstream:
@@ -276,6 +278,7 @@ def load_run(d: Path) -> Run:
     run.tokenizer = _tokenizer_sha256(d, run.summary)
     run.budget = budget_of(d)
     run.baselines = baselines_of(d, run.summary)
+    run.interval = CB.run_interval(d, run.summary)
     return run
 
 
@@ -332,6 +335,7 @@ def summarize_runs(runs: list[Run], metric: str = "val_loss") -> list[dict]:
         {k for r in runs for k in r.downstream if not k.endswith("/loss")}
         | ({metric} if metric.startswith("finetune:") else set())
     )
+    at_once = dict(zip(map(id, runs), CB.jobs_at_once([r.interval for r in runs]), strict=True))
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(variant_of(r, common), []).append(r)
@@ -358,6 +362,8 @@ def summarize_runs(runs: list[Run], metric: str = "val_loss") -> list[dict]:
                 **loss,
                 **acc,
                 "tokens_per_s": statistics.fmean(tps) if tps else None,
+                # how many of the grid's jobs shared the machine while they logged it
+                "grid_jobs_at_once": max((at_once[id(r)] for r in rs if at_once[id(r)]), default=None),
                 "peak_rss_mb": max(
                     (r.summary["peak_rss_mb"] for r in rs if "peak_rss_mb" in r.summary), default=None
                 ),
@@ -532,7 +538,8 @@ def markdown(rows: list[dict], base_lines: dict[str, Baseline] | None = None) ->
     names = "".join(f" {k.removeprefix('finetune:').replace('/', ' ')} |" for k in extra)
     head = (
         "| variant | runs | status | params | FLOPs/token | tokenizer | val MLM loss | val MLM acc |"
-        f"{names} vs base | verdict | tokens/s | peak RSS MB | wall s |\n"
+        f"{names} vs base | verdict | {CB.grid_label([r['grid_jobs_at_once'] for r in rows])} | "
+        "peak RSS MB | wall s |\n"
         f"|---|---:|---|---:|---:|---|---:|---:|{'---:|' * len(extra)}---:|---|---:|---:|---:|\n"
     )
     lines = []
@@ -558,8 +565,17 @@ def markdown(rows: list[dict], base_lines: dict[str, Baseline] | None = None) ->
     return head + "\n".join(lines) + "\n"
 
 
-def compare(sweep_dir: str | Path, metric: str = "val_loss") -> dict:
-    """Read every run of ``sweep_dir``; write summary.md, summary.csv and the plots there."""
+def compare(
+    sweep_dir: str | Path,
+    metric: str = "val_loss",
+    bench: bool = False,
+    bench_repeats: int = 5,
+    bench_device: str = "cpu",
+    bench_threads: int | None = None,
+) -> dict:
+    """Read every run of ``sweep_dir``; write summary.md, summary.csv and the plots there.
+    ``bench``: also time each variant's training step alone, interleaved (``compare_bench``):
+    a section of summary.md and ``bench_*`` columns of summary.csv."""
     d = Path(sweep_dir)
     if not d.is_dir():
         raise SpecError(f"compare: given {str(d)!r}, allowed: an existing sweep directory")
@@ -575,13 +591,22 @@ def compare(sweep_dir: str | Path, metric: str = "val_loss") -> dict:
     v = rows[0]["_verdict"]
     table += f"\nVerdict on {metric}: {v.text(metric)}\n"
     context = f"{budget_text(rows)}\n\n{recipe_text(rows, v.base)}\n"
+    speed = ""
+    if bench:
+        grid = CB.grid_label([r["grid_jobs_at_once"] for r in rows])
+        speed = CB.section(
+            CB.bench_grid(
+                rows, v.base or rows[0]["variant"], bench_repeats, bench_device, threads=bench_threads
+            ),
+            grid,
+        )
     drawn = P.draw(rows, d, metric, base_lines)
     (d / "summary.md").write_text(
         f"# {d.name}\n\n{len(runs)} runs, {len(rows)} variants; verdict by {metric}, "
         f"base: {v.base or '–'}.\n\n{context}\n{table}\n{_baselines_text(base_lines)}"
         f"Method: cells are mean ± sd [95% interval] n over seeds (n counts the runs that have the "
         f"value: no ± at n=1); 'vs base' is the difference of means from the base [95% interval] "
-        f"and Welch's p. {V.METHOD}\n\n{P.describe(drawn)}\n"
+        f"and Welch's p. {V.METHOD}\n\n{P.describe(drawn)}\n" + (f"\n{speed}" if speed else "")
     )
     cols = [k for k in rows[0] if not k.startswith("_")]
     with (d / "summary.csv").open("w", newline="") as f:
@@ -600,6 +625,7 @@ def compare(sweep_dir: str | Path, metric: str = "val_loss") -> dict:
         "best_run": best_run,
         "top_run": top_run,
         "verdict": v,
+        "speed": speed,
     }
 
 
