@@ -83,6 +83,8 @@ def first_tokens(h: Tensor, stream) -> Tensor:
 
 def mean_tokens(h: Tensor, stream) -> Tensor:
     """[B, D]: the mean over each sequence's tokens."""
+    if stream.real is not None:  # a padded stream: padding positions add nothing
+        h = h * stream.real[:, None].to(h.dtype)
     sums = h.new_zeros(stream.batch, h.shape[-1]).index_add_(0, stream.seq_index, h)
     return sums / stream.seqlens.clamp(min=1)[:, None].to(h.dtype)
 

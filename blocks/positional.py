@@ -455,7 +455,9 @@ class Disentangled(PositionalScheme):
                 rel = log_bucket(rel, self.buckets, self.max_position)
             return (rel + self.span).clamp(0, 2 * self.span - 1)
 
-        return stream.cached(("disentangled", L, self.buckets, self.max_position, self.span, device), make)
+        # L is the stream's padded length (one per forward), so not part of the key: under
+        # torch.export it is a symbolic size, which is not hashable
+        return stream.cached(("disentangled", self.buckets, self.max_position, self.span, device), make)
 
     def prepare(self, stream) -> DisentangledContext:
         rel = self.rel_embeddings.weight

@@ -30,6 +30,9 @@ class Stream:
     position_ids: Tensor  # [T] long, position of each token inside its sequence
     seq_index: Tensor  # [T] long, which sequence each token belongs to
     cache: dict = field(default_factory=dict)
+    # [T] bool on a padded stream (``padded_stream``): False at the padding positions it
+    # carries as tokens; None on the unpadded stream, where every token is real
+    real: Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -41,6 +44,9 @@ class Stream:
 
     @property
     def seqlens(self) -> Tensor:
+        """[B] real tokens per sequence."""
+        if self.real is not None:
+            return self.real.view(self.batch, self.max_seqlen).sum(1)
         return self.cu_seqlens[1:] - self.cu_seqlens[:-1]
 
     def cached(self, key, make):
@@ -73,7 +79,7 @@ class Stream:
         """True when every sequence has length ``max_seqlen`` (no padding needed). Always
         False under ``torch.compile``: the general path serves every batch there, where the
         test would be a guard on the batch's shape (a recompile whenever it flips)."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or self.real is not None:
             return False
         return self.cached("rect", lambda: self.n_tokens == self.batch * self.max_seqlen)
 
@@ -110,6 +116,23 @@ def stream_from_cu_seqlens(cu_seqlens: Tensor, max_seqlen: int | None = None) ->
     starts = cu[:-1].long()[seq_index]
     position_ids = torch.arange(seq_index.numel(), device=cu.device) - starts
     s = Stream(cu, int(max_seqlen), position_ids, seq_index)
+    s.cache["local_index"] = position_ids
+    return s
+
+
+def padded_stream(attention_mask: Tensor) -> Stream:
+    """The stream of a right-padded batch ``[B, L]`` that keeps every position, padding
+    included, as a token (``real`` marks which are not padding): no shape depends on the
+    mask's values, which is what ``torch.export`` (the ONNX export) needs. Kernels that mask
+    keys by ``key_mask()`` (eager, sdpa's padded path) never attend to padding; the band and
+    split paths and the CUDA kernels take sequence bounds from ``cu_seqlens`` and must not
+    be used on it. Positions are 0..L−1 in every row, right for right padding only."""
+    B, L = attention_mask.shape
+    device = attention_mask.device
+    position_ids = torch.arange(L, device=device)[None, :].expand(B, L).reshape(-1)
+    seq_index = torch.arange(B, device=device)[:, None].expand(B, L).reshape(-1)
+    cu = (torch.arange(B + 1, device=device) * L).to(torch.int32)
+    s = Stream(cu, L, position_ids, seq_index, real=attention_mask.bool().reshape(-1))
     s.cache["local_index"] = position_ids
     return s
 

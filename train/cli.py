@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from bertsmith.registry.errors import SpecError
-from bertsmith.train.commands import data, interop, model, tools
+from bertsmith.train.commands import data, interop, model, tools, usage
 
 
 def _hydra_apps(sub) -> None:
@@ -42,11 +42,20 @@ COMMANDS = (
     data.add_data,
     interop.add_import_hf,
     interop.add_export,
+    usage.add_fill_mask,
+    usage.add_embed,
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake as one ``error:`` line (exit 2) like every other."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog.removeprefix('bertsmith ')}: {message}\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="bertsmith",
         description="Compose BERT-family encoders from interchangeable blocks.",
     )
@@ -66,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         from bertsmith.train.finetune.app import main as finetune_main
 
         return finetune_main(argv[1:])
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage mistake (2, its line printed): a return code
+        return e.code if isinstance(e.code, int) else 2
     try:
         if getattr(args, "reads_recipes", True):
             from bertsmith.registry.composer import prepare

@@ -76,10 +76,11 @@ def identify(d: Path, sweeps: bool = False) -> Source | None:
     return None
 
 
-def model_or_run(path: str | os.PathLike) -> Source:
-    """``bertsmith export``'s source: a run directory (``spec.yaml``, ``config.yaml``, maybe
-    ``model/``) or a model directory (``spec.yaml``, ``model.safetensors``). ``path`` is
-    taken as given (``~`` expanded, not made absolute): it is quoted in the model card."""
+def model_or_run(path: str | os.PathLike, who: str = "export") -> Source:
+    """The source of ``bertsmith export``, ``fill-mask`` and ``embed`` (``who``, which errors
+    name): a run directory (``spec.yaml``, ``config.yaml``, maybe ``model/``) or a model
+    directory (``spec.yaml``, ``model.safetensors``). ``path`` is taken as given (``~``
+    expanded, not made absolute): it is quoted in the model card."""
     p = Path(path).expanduser()
     found = identify(p)
     if found is not None and (
@@ -87,9 +88,20 @@ def model_or_run(path: str | os.PathLike) -> Source:
     ):
         return found
     raise SpecError(
-        f"export: given {str(p)!r}, allowed: a run directory (spec.yaml, config.yaml, model/) "
+        f"{who}: given {str(p)!r}, allowed: a run directory (spec.yaml, config.yaml, model/) "
         "or a model directory (spec.yaml, model.safetensors)"
     )
+
+
+def finished_model(path: str | os.PathLike, who: str = "export") -> Source:
+    """``model_or_run`` of a path whose model exists (a model directory, or a finished run)."""
+    source = model_or_run(path, who)
+    if source.model_dir is None:
+        raise SpecError(
+            f"{who}: given {str(source.path)!r}, a run directory without model/ (the run has not "
+            "finished); allowed: a finished run or a model directory"
+        )
+    return source
 
 
 def model_source(init_from: str) -> Source:

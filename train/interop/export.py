@@ -44,7 +44,7 @@ from bertsmith.train.interop import FAMILIES, remote
 from bertsmith.train.interop.card import model_card
 from bertsmith.train.interop.family import quiet_transformers
 from bertsmith.train.interop.hf import spec_from_config
-from bertsmith.train.sources import Source, model_or_run
+from bertsmith.train.sources import Source, finished_model, model_or_run
 
 TOLERANCE = 1e-4  # export-time self-check, relative to the output scale; tests hold 1e-5 absolute
 
@@ -469,7 +469,7 @@ def check_export(directory: Path, plan: Export, model) -> dict[str, float]:
             sys.modules.pop(module.__name__, None)
 
 
-def _write(directory: Path, plan: Export, model, source: Source, tokens: dict[str, str] | None) -> None:
+def write_files(directory: Path, plan: Export, model, source: Source, tokens: dict[str, str] | None) -> None:
     from safetensors.torch import save_file
 
     (directory / "config.json").write_text(json.dumps(plan.config, indent=2, sort_keys=True) + "\n")
@@ -497,12 +497,7 @@ def export_hf(
     Returns the plan and the max output differences measured when loading it back."""
     out = Path(out).expanduser()
     check_target(out, FLAG, force)
-    source = model_or_run(src)
-    if source.model_dir is None:
-        raise SpecError(
-            f"export: given {str(source.path)!r}, a run directory without model/ (the run has not "
-            "finished); allowed: a finished run or a model directory"
-        )
+    source = finished_model(src)
     model = registry.load(source.model_dir).eval()
     specials = tokenizer_specials(source.model_dir)
     tokens, ids = specials if specials is not None else ({}, {})
@@ -513,6 +508,6 @@ def export_hf(
         )
     plan = plan_hf(model, force_remote=remote_code, specials=ids)  # SpecError here writes nothing
     with new_dir(out, FLAG, force) as tmp:
-        _write(tmp, plan, model, source, tokens if specials is not None else None)
+        write_files(tmp, plan, model, source, tokens if specials is not None else None)
         diffs = check_export(tmp, plan, model) if check else {}
     return plan, diffs

@@ -31,7 +31,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from bertsmith.registry.errors import SpecError
 from bertsmith.registry.io import read_tokenizer
@@ -44,8 +53,9 @@ SPECIALS = {
 
 
 # bumped when a kind's training changes what it learns, so caches made before are not reused:
-# wordpiece 2 numbers the ##c pieces in a fixed order (1 numbered them in hash-map order)
-TRAINING_VERSION = {"wordpiece": 2}
+# wordpiece 2 numbers the ##c pieces in a fixed order (1 numbered them in hash-map order);
+# bpe 2 strips the space before <mask> (lstrip), as RoBERTa's does
+TRAINING_VERSION = {"wordpiece": 2, "bpe": 2}
 
 
 @dataclass
@@ -160,6 +170,9 @@ def train_tokenizer(
         state = json.loads(tk.to_str())
         state["added_tokens"] = [t for t in state["added_tokens"] if t["content"] in sp.values()]
         tk = Tokenizer.from_str(json.dumps(state))
+    if kind == "bpe":  # as RoBERTa's: "the <mask>" masks " word" (one token with its space),
+        # the unit the model was trained to predict, not a lone space and then the word
+        tk.add_special_tokens([AddedToken(sp["mask"], lstrip=True, special=True, normalized=False)])
     tok = _with_specials(tk, sp)
     cls, sep = sp["cls"], sp["sep"]
     tk.post_processor = processors.TemplateProcessing(
