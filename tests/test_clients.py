@@ -234,6 +234,42 @@ def right_padded(vocab: int, pad: int, lengths, seed: int):
     return ids.masked_fill(mask == 0, pad), mask
 
 
+HEADS = [
+    ("bert-tiny", ["model/head=nsp"]),
+    ("bert-tiny", ["model/head=classification", "model.head.pooling=mean"]),
+    ("modernbert-tiny", ["model/head=classification", "model.head.pooling=cls"]),
+    ("roberta-tiny", ["model/head=token_classification"]),
+    ("deberta-tiny", ["model/head=emd"]),
+    ("mosaicbert-tiny", ["model/attention=alternating"]),
+]
+
+
+@pytest.mark.parametrize("recipe, overrides", HEADS, ids=[" ".join(o) for _, o in HEADS])
+def test_padded_model_is_the_model_for_every_head(recipe, overrides):
+    """The form the ONNX graph is traced from (every position a token, eager attention) gives
+    the model's outputs at real tokens — mean pooling skips padding, EMD re-runs its layer — as
+    close to the float64 model as the fp32 model itself is (the wide init amplifies rounding:
+    EMD's logits are ~1e-4 from float64 on either path)."""
+    import copy
+
+    from bertsmith.train.interop.onnx_export import PaddedModel
+
+    model = registry.build(registry.compose(recipe, ["model.n_layers=3", *overrides])).eval()
+    randomize_(model, seed=1)
+    padded = PaddedModel(model)
+    ids, mask = right_padded(model.spec.vocab_size, model.spec.pad_token_id, (140, 57, 1), seed=3)
+    with torch.no_grad():
+        ours, got = model(ids, mask), dict(zip(padded.outputs, padded(ids, mask), strict=True))
+        exact = copy.deepcopy(model).double()(ids, mask)
+    assert padded.outputs[1:] == sorted(k for k in ours.keys() if k != "last_hidden_state")
+    for key, value in got.items():
+        a, ref = getattr(ours, key), getattr(exact, key)
+        real = mask.bool() if a.dim() == 3 else slice(None)
+        scale = max(1.0, ref.abs().max().item())
+        own = max_diff(a[real].double(), ref[real])  # the fp32 model's own rounding
+        assert max_diff(value[real].double(), ref[real]) <= 2 * own + 2e-6 * scale, key
+
+
 @pytest.mark.parametrize("name", MODELS)  # the trained BERT run: the test after this one
 def test_onnx_export_runs_in_onnxruntime_like_bertsmith(name, runs, models, tmp_path):
     src = source(name, runs, models)
