@@ -367,6 +367,18 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(runs, models, tmp_path,
     )
     registry.save(registry.build(registry.compose("bert-tiny", ["model.n_layers=1"])), tmp_path / "bare")
     one_line(capsys, ["embed", str(tmp_path / "bare"), "-"], "without tokenizer.json")
+    # an unreadable model: weights that are not safetensors
+    import shutil
+
+    shutil.copytree(models["bert"], tmp_path / "broken")
+    (tmp_path / "broken" / "model.safetensors").write_bytes(b"not a safetensors file")
+    for argv in (
+        ["export", str(tmp_path / "broken"), "--to", "sentence-transformers"],
+        ["fill-mask", str(tmp_path / "broken"), "a <mask>"],
+    ):
+        one_line(
+            capsys, argv + (["--out", str(out)] if argv[0] == "export" else []), "model.safetensors: given"
+        )
     # a missing extra, named with how to install it
     real = importlib.util.find_spec
     for to, module, extra in (
@@ -384,7 +396,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(runs, models, tmp_path,
         )
         monkeypatch.setattr(importlib.util, "find_spec", real)
     assert not out.exists() and [p.name for p in taken.iterdir()] == ["keep.txt"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "clf", "taken"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare", "broken", "clf", "taken"]
     # with --force the old directory is replaced once the new one is complete
     assert (
         main(["export", str(models["bert"]), "--to", "onnx", "--no-head", "--out", str(taken), "--force"])
