@@ -486,6 +486,11 @@ def test_summary_states_the_baseline_budget_and_base_recipe(tmp_path):
     )
     assert "unigram loss (each masked token predicted from the training-token frequencies alone" in md
     assert "val_loss: unigram loss (" in md and "validation masks differ) 6.5000" in md
+    with (sweep / "summary.csv").open() as f:  # the same context, per variant, in the CSV
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    for row in rows.values():
+        assert float(row["baseline:val_loss"]) == 6.5
+        assert row["budget"].startswith("6 steps × 512 tokens/step (batch 4 × seq_len 64")
 
 
 def test_budgets_that_differ_are_given_per_variant(tmp_path):

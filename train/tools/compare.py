@@ -608,6 +608,10 @@ def compare(
         f"value: no ± at n=1); 'vs base' is the difference of means from the base [95% interval] "
         f"and Welch's p. {V.METHOD}\n\n{P.describe(drawn)}\n" + (f"\n{speed}" if speed else "")
     )
+    for r in rows:  # the context summary.md states, per variant, for whoever reads the CSV
+        r["budget"] = " / ".join(sorted({x.budget.text() for x in r["_runs"] if x.budget})) or None
+        for key, line in base_lines.items():
+            r[f"baseline:{key}"] = line.values.get(r["variant"])
     cols = [k for k in rows[0] if not k.startswith("_")]
     with (d / "summary.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
