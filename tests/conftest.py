@@ -72,3 +72,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def quiet_transformers():
+    """transformers without its warnings and progress bars, for a module that loads exports
+    (``pytestmark = pytest.mark.usefixtures("quiet_transformers")``)."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    yield
+    transformers.utils.logging.enable_progress_bar()

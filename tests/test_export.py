@@ -48,12 +48,7 @@ FAMILY_RUNS = {  # each family's tiny run, and the transformers class its export
 BASE_PREFIX = {"bert": "bert.", "roberta": "roberta.", "modernbert": "model.", "deberta": "deberta."}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _quiet():
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    yield
-    transformers.utils.logging.enable_progress_bar()
+pytestmark = pytest.mark.usefixtures("quiet_transformers")
 
 
 def _env(cache: Path) -> dict:
