@@ -200,6 +200,34 @@ def test_sentence_transformers_export_gives_bertsmith_embed_vectors(name, runs, 
     assert max_diff(torch.from_numpy(ours[0]), direct) < 1e-5 * scale
 
 
+def test_a_fine_tuned_classifier_embeds_with_its_own_pooling(runs, tmp_path, capsys):
+    """Without --pooling, the pooling the classifier was fine-tuned with ([CLS] here), both in
+    the sentence-transformers export and in `embed`."""
+    tokenizer = runs["bert"] / "model" / "tokenizer.json"
+    run_spec = registry.load_spec(runs["bert"] / "model" / "spec.yaml")
+    overrides = ["model.n_layers=2", "model/head=classification", "model.head.pooling=cls"]
+    overrides += [f"model.vocab_size={run_spec.vocab_size}", f"model.pad_token_id={run_spec.pad_token_id}"]
+    model = registry.build(registry.compose("bert-tiny", overrides))
+    randomize_(model, seed=5)
+    src = registry.save(model, tmp_path / "clf", tokenizer=tokenizer)
+    got = export_sentence_transformers(src, tmp_path / "st")
+    assert got["pooling"] == "cls"
+    used = load_for_use(src, "embed")
+    cls_vectors = embed_texts(used, TEXTS, "cls")
+    assert max_diff(cls_vectors, embed_texts(used, TEXTS, "mean")) > 1e-2  # the choice matters
+    theirs = st.SentenceTransformer(
+        str(tmp_path / "st"), device="cpu", trust_remote_code=got["kind"] == "remote"
+    )
+    assert max_diff(torch.from_numpy(theirs.encode(TEXTS, convert_to_numpy=True)), cls_vectors) < 1e-5 * max(
+        1.0, cls_vectors.abs().max().item()
+    )
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n")
+    capsys.readouterr()
+    assert main(["embed", str(src), str(tmp_path / "in.txt"), "--out", str(tmp_path / "v.npy")]) == 0
+    assert "cls pooling" in capsys.readouterr().out
+    assert max_diff(torch.from_numpy(np.load(tmp_path / "v.npy")), cls_vectors) < 1e-6
+
+
 def test_embed_writes_json_lines_in_input_order(runs, tmp_path, capsys, monkeypatch):
     import io
 
