@@ -574,3 +574,23 @@ def test_baselines_that_differ_by_variant_are_drawn_per_variant(tmp_path):
     assert "| 6.500 to 6.700 by variant |" in (sweep / "summary.md").read_text()
     assert sorted(result["plots"].baseline["val_loss.png"]) == [6.5, 6.7]
     assert sorted(result["plots"].baseline["final_metric.png"]) == [6.5, 6.7]
+
+
+def test_seeds_added_later_in_a_subdirectory_join_their_variant(tmp_path):
+    """More seeds run into ``SWEEP/more`` (a second multirun with the same overrides) are read
+    with the first ones: numbered directories at any depth, in numeric order."""
+    from bertsmith.train.tools.compare import compare, find_runs
+
+    sweep = _synthetic_grid(tmp_path, {"rope": _seeds([8.0, 7.0, 6.0]), "alibi": _seeds([8.0, 7.0, 6.5])})
+    for i, (seed, final) in enumerate([(3, 6.1), (4, 5.9)]):
+        overrides = ["trainer.val_every=2", "model/positional=rope", f"seed={seed}"]
+        _synthetic_run(sweep / "more" / str(i), overrides, {2: 8.0, 4: 7.0, 6: final})
+    (sweep / "10").mkdir()  # not a run: ignored, but numbered past 9 for the order
+    order = [p.relative_to(sweep).as_posix() for p in find_runs(sweep)]
+    assert order == ["0", "1", "2", "3", "4", "5", "more/0", "more/1"]
+    rows = {r["variant"]: r for r in compare(sweep)["rows"]}
+    assert rows["model/positional=rope"]["runs"] == 5
+    assert rows["model/positional=rope"]["val_loss"] == pytest.approx(
+        statistics.fmean([6.0, 6.2, 5.8, 6.1, 5.9])
+    )
+    assert rows["model/positional=alibi"]["runs"] == 3

@@ -179,9 +179,9 @@ def find_runs(sweep_dir: Path) -> list[Path]:
     found = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
     found = {p for p in found if not any(q in p.parents for q in found)}
 
-    def key(p: Path):
+    def key(p: Path):  # numbered job directories in numeric order, at any depth (sweep/more/3)
         rel = p.relative_to(sweep_dir).parts
-        return [int(x) if x.isdigit() else x for x in rel]
+        return [(0, int(x), "") if x.isdigit() else (1, 0, x) for x in rel]
 
     return sorted(found, key=key)
 
