@@ -178,3 +178,13 @@ def diff_from(model, ids, mask, types, hidden, logits) -> float:
     with torch.no_grad():
         out = model(ids, mask, token_type_ids=types)
     return max(max_diff(out.last_hidden_state, hidden, mask), max_diff(out.logits, logits, mask))
+
+
+def right_padded_batch(vocab: int, pad: int, lengths=(150, 97, 13, 1), seed: int = 0):
+    """Right-padded ``input_ids`` (never the pad id inside a sequence) and ``attention_mask``."""
+    g = torch.Generator().manual_seed(seed)
+    L = max(lengths)
+    ids = torch.randint(0, vocab - 1, (len(lengths), L), generator=g)
+    ids = ids + (ids >= pad).long()
+    mask = (torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids.masked_fill(mask == 0, pad), mask

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import TINY_TRAIN, bertsmith, max_diff, randomize_
+from helpers import TINY_TRAIN, bertsmith, max_diff, randomize_, right_padded_batch
 
 from bertsmith import registry
 from bertsmith.train.cli import main
@@ -248,15 +248,6 @@ def test_embed_writes_json_lines_in_input_order(runs, tmp_path, capsys, monkeypa
 # --- ONNX ------------------------------------------------------------------------------------------
 
 
-def right_padded(vocab: int, pad: int, lengths, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    L = max(lengths)
-    ids = torch.randint(0, vocab - 1, (len(lengths), L), generator=g)
-    ids = ids + (ids >= pad).long()
-    mask = (torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return ids.masked_fill(mask == 0, pad), mask
-
-
 HEADS = [
     ("bert-tiny", ["model/head=nsp"]),
     ("bert-tiny", ["model/head=classification", "model.head.pooling=mean"]),
@@ -280,7 +271,7 @@ def test_padded_model_is_the_model_for_every_head(recipe, overrides):
     model = registry.build(registry.compose(recipe, ["model.n_layers=3", *overrides])).eval()
     randomize_(model, seed=1)
     padded = PaddedModel(model)
-    ids, mask = right_padded(model.spec.vocab_size, model.spec.pad_token_id, (140, 57, 1), seed=3)
+    ids, mask = right_padded_batch(model.spec.vocab_size, model.spec.pad_token_id, (140, 57, 1), seed=3)
     with torch.no_grad():
         ours, got = model(ids, mask), dict(zip(padded.outputs, padded(ids, mask), strict=True))
         exact = copy.deepcopy(model).double()(ids, mask)
@@ -305,7 +296,7 @@ def test_onnx_export_runs_in_onnxruntime_like_bertsmith(name, runs, models, tmp_
     assert report.inputs[2:] == (["token_type_ids"] if spec.type_vocab_size else [])
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     for seed, lengths in enumerate([(150, 131, 7), (1,), (200, 2)]):  # not the export's own probe
-        ids, mask = right_padded(spec.vocab_size, spec.pad_token_id, lengths, seed)
+        ids, mask = right_padded_batch(spec.vocab_size, spec.pad_token_id, lengths, seed)
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
         if "token_type_ids" in report.inputs:
             feed["token_type_ids"] = np.zeros_like(feed["input_ids"])

@@ -19,7 +19,7 @@ import pytest
 import torch
 import transformers
 import yaml
-from helpers import TINY_BERT, TINY_MODERNBERT, max_diff
+from helpers import TINY_BERT, TINY_MODERNBERT, max_diff, right_padded_batch
 from safetensors.torch import load_file
 
 from bertsmith import registry
@@ -78,16 +78,6 @@ def runs(tmp_path_factory, cache):
     return {family: root / family for family in procs}
 
 
-def padded_batch(vocab: int, pad: int, lengths=(150, 97, 13, 1), seed: int = 0):
-    """Right-padded ``input_ids`` (never the pad id inside a sequence) and ``attention_mask``."""
-    g = torch.Generator().manual_seed(seed)
-    L = max(lengths)
-    ids = torch.randint(0, vocab - 1, (len(lengths), L), generator=g)
-    ids = ids + (ids >= pad).long()
-    mask = (torch.arange(L)[None, :] < torch.tensor(lengths)[:, None]).long()
-    return ids.masked_fill(mask == 0, pad), mask
-
-
 def no_leftovers(parent: Path, name: str) -> bool:
     return not any(p.name.startswith(f".{name}.") for p in parent.iterdir())
 
@@ -134,7 +124,7 @@ def test_trained_run_exports_to_its_transformers_class(family, runs, cache, tmp_
     assert not info["missing_keys"], info  # BERT's pooler comes from its NSP head
     assert info["unexpected_keys"] <= head_keys  # only the head is left out of the bare encoder
 
-    ids, mask = padded_batch(spec.vocab_size, spec.pad_token_id)
+    ids, mask = right_padded_batch(spec.vocab_size, spec.pad_token_id)
     types = (torch.arange(ids.shape[1])[None, :] >= 4).long() * mask if spec.type_vocab_size > 1 else None
     extra = {} if types is None else {"token_type_ids": types}
     with torch.no_grad():
@@ -270,7 +260,7 @@ def test_import_then_export_gives_identical_tensors(case, tmp_path):
         k: v for k, v in original.items() if k not in skip
     }
     again = getattr(transformers, cls_name).from_pretrained(tmp_path / "out").eval()
-    ids, mask = padded_batch(89, original.get("pad_token_id") or 0, lengths=(40, 31, 6, 1))
+    ids, mask = right_padded_batch(89, original.get("pad_token_id") or 0, lengths=(40, 31, 6, 1))
     with torch.no_grad():
         x, y = ref(input_ids=ids, attention_mask=mask), again(input_ids=ids, attention_mask=mask)
     key = (
@@ -343,7 +333,7 @@ def test_remote_code_loads_without_bertsmith_and_matches(tmp_path):
         assert plan.reason.startswith(f"closest is {closest}")
         config = json.loads((tmp_path / name / "config.json").read_text())
         assert config["auto_map"]["AutoModelForMaskedLM"] == "modeling_bertsmith.BertsmithForMaskedLM"
-        ids, mask = padded_batch(spec.vocab_size, spec.pad_token_id)
+        ids, mask = right_padded_batch(spec.vocab_size, spec.pad_token_id)
         with torch.no_grad():
             out = model(ids, mask)
         torch.save(
