@@ -20,8 +20,9 @@ def _cmd_fill_mask(args) -> None:
         if len(results) > 1:
             print(f"mask {i + 1} of {len(results)}:")
         width = max(len(repr(r["token_str"])) for r in row)
-        for r in row:
-            print(f"  {r['score']:.4f}  {repr(r['token_str']):<{width}}  {r['sequence']}")
+        for r in row:  # one line per token, whatever the sequence holds
+            sequence = r["sequence"].replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+            print(f"  {r['score']:.4f}  {repr(r['token_str']):<{width}}  {sequence}")
 
 
 def _cmd_embed(args) -> None:
