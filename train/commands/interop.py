@@ -88,14 +88,13 @@ def _export_sentence(args) -> None:
 
 
 def _export_onnx(args) -> None:
-    from bertsmith.train.interop.onnx_export import TOLERANCE, export_onnx
+    from bertsmith.train.interop.onnx_export import TOLERANCE, export_onnx, worst
 
     variants = tuple(v for v in ("fp16", "int8") if getattr(args, v))
     report = export_onnx(args.source, args.out, head=not args.no_head, variants=variants, force=args.force)
-    worst = max(v for k, v in report.diffs.items() if k != "scale")
     print(
         f"exported {args.out}/model.onnx (opset {report.opset}; inputs {', '.join(report.inputs)}; "
-        f"outputs {', '.join(report.outputs)}); ONNX Runtime matches bertsmith within {worst:.1e} "
+        f"outputs {', '.join(report.outputs)}); ONNX Runtime matches bertsmith within {worst(report.diffs):.1e} "
         f"(checked against {TOLERANCE:g} x scale)\n"
         f"  attention: the {report.kernel} kernel on the padded batch; sequences up to "
         f"{report.max_seq_len} tokens, right-padded"

@@ -361,6 +361,15 @@ def tokenizer_specials(model_dir: Path | None) -> tuple[dict[str, str], dict[str
     return tokens, {r: vocab[t] for r, t in tokens.items()}
 
 
+def check_pad(spec, ids: dict[str, int]) -> None:
+    """The tokenizer's pad id (``tokenizer_specials``' ids) is the spec's, or one line."""
+    if "pad" in ids and ids["pad"] != spec.pad_token_id:
+        raise SpecError(
+            f"tokenizer.json: pad token id {ids['pad']}, but the spec's pad_token_id is "
+            f"{spec.pad_token_id}; allowed: the same id"
+        )
+
+
 def tokenizer_config(spec, tokens: dict[str, str]) -> dict:
     """``tokenizer_config.json``: the generic fast tokenizer over ``tokenizer.json``, with the
     special tokens named so ``AutoTokenizer`` (and the fill-mask pipeline) find them."""
@@ -501,11 +510,7 @@ def export_hf(
     model = registry.load(source.model_dir).eval()
     specials = tokenizer_specials(source.model_dir)
     tokens, ids = specials if specials is not None else ({}, {})
-    if "pad" in ids and ids["pad"] != model.spec.pad_token_id:
-        raise SpecError(
-            f"tokenizer.json: pad token id {ids['pad']}, but the spec's pad_token_id is "
-            f"{model.spec.pad_token_id}; allowed: the same id"
-        )
+    check_pad(model.spec, ids)
     plan = plan_hf(model, force_remote=remote_code, specials=ids)  # SpecError here writes nothing
     with new_dir(out, FLAG, force) as tmp:
         write_files(tmp, plan, model, source, tokens if specials is not None else None)

@@ -84,7 +84,9 @@ class PaddedModel(nn.Module):
         if self.with_head:
             ids, mask = probe_batches(spec)[0]
             with torch.no_grad():
-                keys = sorted(self._head(*self._encode(ids, mask)), key=lambda k: (k != "logits", k))
+                keys = sorted(
+                    self.model.head(*self._encode(ids, mask), None), key=lambda k: (k != "logits", k)
+                )
             self.outputs += keys
 
     @property
@@ -97,15 +99,12 @@ class PaddedModel(nn.Module):
         keep = getattr(self.model.head, "layer_inputs", ()) if self.with_head else ()
         return self.model.encoder(input_ids.reshape(-1), stream, types, keep=keep), stream
 
-    def _head(self, h, stream) -> dict:
-        return self.model.head(h, stream, None)
-
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         B, L = input_ids.shape
         h, stream = self._encode(input_ids, attention_mask, token_type_ids)
         outs = [h.view(B, L, -1)]
         if self.with_head:
-            got = self._head(h, stream)
+            got = self.model.head(h, stream, None)
             per_token = getattr(self.model.head, "per_token", ())
             outs += [got[k].view(B, L, -1) if k in per_token else got[k] for k in self.outputs[1:]]
         return tuple(outs)
@@ -242,7 +241,7 @@ class OnnxReport:
 def _card(spec, report: OnnxReport, source) -> str:
     names = ", ".join(f"`{n}`" for n in report.inputs)
     feed = "\n".join(f'feed["{n}"] = enc["{n}"]' for n in report.inputs[2:])
-    worst = max(v for k, v in report.diffs.items() if k != "scale")
+    within = worst(report.diffs)
     lines = [
         "---",
         "library_name: onnx",
@@ -272,14 +271,15 @@ def _card(spec, report: OnnxReport, source) -> str:
         + ", ".join(f"`{n}`" for n in report.outputs)
         + f". Sequences of up to {report.max_seq_len} tokens. Attention is bertsmith's `eager` "
         "kernel on the padded batch (opset "
-        f"{report.opset}). ONNX Runtime matched bertsmith within {worst:.1e} at export time.",
+        f"{report.opset}). ONNX Runtime matched bertsmith within {within:.1e} at export time.",
     ]
     for name, d in report.variants.items():
-        lines += ["", f"`model_{name}.onnx`: max difference from bertsmith's fp32 outputs {_worst(d):.3g}."]
+        lines += ["", f"`model_{name}.onnx`: max difference from bertsmith's fp32 outputs {worst(d):.3g}."]
     return "\n".join(lines) + "\n"
 
 
-def _worst(diffs: dict[str, float]) -> float:
+def worst(diffs: dict[str, float]) -> float:
+    """The largest difference of a ``measure`` result (its ``scale`` aside)."""
     return max(v for k, v in diffs.items() if k != "scale")
 
 
@@ -293,7 +293,7 @@ def export_onnx(
     """Write ``src``'s model as an ONNX directory ``out`` (see the module doc); returns the report."""
     import onnx
 
-    from bertsmith.train.interop.export import tokenizer_config, tokenizer_specials
+    from bertsmith.train.interop.export import check_pad, tokenizer_config, tokenizer_specials
 
     out = Path(out).expanduser()
     check_target(out, FLAG, force)
@@ -302,6 +302,8 @@ def export_onnx(
     model = registry.load(source.model_dir).eval()
     wrapper = PaddedModel(model, head)
     specials = tokenizer_specials(source.model_dir)
+    if specials is not None:
+        check_pad(model.spec, specials[1])
     with new_dir(out, FLAG, force) as tmp:
         trace(wrapper, tmp / "model.onnx")
         diffs = measure(_session(tmp / "model.onnx"), model, wrapper)

@@ -45,7 +45,7 @@ class Usable:
 def load_for_use(src: str | os.PathLike, who: str) -> Usable:
     """The model of a finished run or a model directory, with its ``tokenizer.json``; one
     ``SpecError`` line naming ``who`` when there is no model or no tokenizer."""
-    from bertsmith.train.interop.export import tokenizer_specials
+    from bertsmith.train.interop.export import check_pad, tokenizer_specials
 
     source = finished_model(src, who)
     specials = tokenizer_specials(source.model_dir)
@@ -59,11 +59,7 @@ def load_for_use(src: str | os.PathLike, who: str) -> Usable:
     tokenizer.no_padding()
     tokenizer.no_truncation()
     model = registry.load(source.model_dir).eval()
-    if "pad" in ids and ids["pad"] != model.spec.pad_token_id:
-        raise SpecError(
-            f"tokenizer.json: pad token id {ids['pad']}, but the spec's pad_token_id is "
-            f"{model.spec.pad_token_id}; allowed: the same id"
-        )
+    check_pad(model.spec, ids)
     return Usable(model, tokenizer, tokens, ids, source)
 
 

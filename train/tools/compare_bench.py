@@ -19,8 +19,8 @@ pieces (``train/tools/bench.py``)::
     R rounds                  each times one step of every variant in turn: A B C A B C ...
                               (``bench.interleaved``), so the machine's drift hits all alike
 
-A step is forward, MLM loss, backward and AdamW (``bench.ours_mlm_step``), in fp32 at the
-process's default thread count. Reported per variant: the median tokens/s over the rounds and
+A step is forward, MLM loss, backward and AdamW (``bench.ours_mlm_step``), in fp32, with
+the process's CPU threads or ``--bench-threads`` (1 is steadier on a small shared machine). Reported per variant: the median tokens/s over the rounds and
 its min-max, the ratio of medians to the base's and the range of the per-round ratios (a
 round times both back to back), model FLOP/s (``bench.train_flops``) and MFU against the fp32
 GEMM rate measured in this process. Each step follows another model's, so its caches start
